@@ -1,0 +1,165 @@
+"""The queue transport: the ``Broker`` protocol, one ``Delivery``, and the job's queue names.
+
+A broker instance serves one job. Both implementations (``MemoryBroker`` in-process,
+``RabbitBroker`` over AMQP) give the same guarantees to the worker:
+
+- ``publish`` returns only once every message is durable (confirmed by the broker);
+- a delivery stays owned by its consumer until ``ack``/``retry``/``park``/``release``;
+  a consumer that dies loses nothing, its deliveries come back;
+- ``retry`` brings the job back to its own queue after about the requested delay, with
+  ``attempts`` one higher; ``park`` moves it, with its reason, to the job's parked queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mirror.jobs import FetchJob, Job, JobSpec, Reason, shard_of
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Queue and exchange names of one job; every name starts with the job name."""
+
+    spec: JobSpec
+
+    @property
+    def job(self) -> str:
+        return self.spec.name
+
+    @property
+    def list_queue(self) -> str:
+        return f"{self.job}.list"
+
+    def fetch_queue(self, shard: int) -> str:
+        return f"{self.job}.fetch.{shard}"
+
+    @property
+    def fetch_queues(self) -> list[str]:
+        return [self.fetch_queue(s) for s in range(self.spec.shards)]
+
+    def retry_queue(self, tier: int) -> str:
+        return f"{self.job}.retry.{tier}"
+
+    @property
+    def retry_queues(self) -> list[str]:
+        return [self.retry_queue(t) for t in range(len(self.spec.retry_delays_s))]
+
+    @property
+    def parked_queue(self) -> str:
+        return f"{self.job}.parked"
+
+    @property
+    def work_queues(self) -> list[str]:
+        return [self.list_queue, *self.fetch_queues]
+
+    @property
+    def pending_queues(self) -> list[str]:
+        """Queues whose messages are work still to do (parked ones are not)."""
+        return [*self.work_queues, *self.retry_queues]
+
+    def queue_for(self, job: Job) -> str:
+        if isinstance(job, FetchJob):
+            return self.fetch_queue(
+                shard_of(job.path, self.spec.shards, self.spec.shard_by, job.is_dir)
+            )
+        return self.list_queue
+
+    def tier_for(self, delay_s: float) -> int:
+        """The shortest retry tier that waits at least ``delay_s`` (else the longest)."""
+        delays = self.spec.retry_delays_s
+        for tier, tier_delay in enumerate(delays):
+            if tier_delay >= delay_s:
+                return tier
+        return len(delays) - 1
+
+    def delay_for_attempt(self, attempts: int) -> float:
+        """Backoff after the ``attempts``-th failure: tier 0 first, then longer ones."""
+        delays = self.spec.retry_delays_s
+        return delays[min(max(attempts, 1), len(delays)) - 1]
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    ready: int
+    unacked: int | None = None  # None where the transport cannot tell (plain AMQP)
+    consumers: int | None = None
+
+
+class Delivery(Protocol):
+    job: Job
+    queue: str
+    attempts: int  # failed attempts before this delivery (0 on the first)
+    redelivered: bool  # the broker may have handed this message out before
+
+    async def ack(self) -> None: ...
+
+    async def retry(self, delay_s: float) -> None: ...
+
+    async def park(self, reason: Reason) -> None: ...
+
+    async def release(self) -> None: ...
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+ControlCallback = Callable[[dict[str, Any]], None]
+
+
+class Consumer(Protocol):
+    async def cancel(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ParkedJob:
+    job: Job
+    queue: str
+    reason: Reason
+
+
+class Broker(Protocol):
+    name: str  # e.g. "memory" or "rabbitmq://host:port/vhost" (no credentials)
+
+    async def declare(self, spec: JobSpec) -> None:
+        """Create the job's queues and store its spec; harmless when they exist."""
+        ...
+
+    async def attach(self) -> JobSpec:
+        """Load the stored spec of an existing job; ConfigError when there is none."""
+        ...
+
+    async def publish(self, jobs: Sequence[Job]) -> None: ...
+
+    async def park(self, job: Job, reason: Reason) -> None:
+        """Put a job straight into the parked queue (a listed entry refused before any work)."""
+        ...
+
+    async def consume(self, queue: str, prefetch: int, handler: Handler) -> Consumer: ...
+
+    async def depths(self) -> dict[str, QueueDepth]:
+        """Depth of every queue of the job (work, retry and parked)."""
+        ...
+
+    async def broadcast(self, message: dict[str, Any]) -> None: ...
+
+    async def subscribe(self, callback: ControlCallback) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def topology_of(spec: JobSpec) -> Topology:
+    return Topology(spec)
+
+
+__all__ = [
+    "Broker",
+    "Consumer",
+    "ControlCallback",
+    "Delivery",
+    "Handler",
+    "ParkedJob",
+    "QueueDepth",
+    "Topology",
+    "topology_of",
+]

@@ -1,0 +1,534 @@
+"""The ``Broker`` contract over RabbitMQ (aio-pika), for jobs shared by many processes and hosts.
+
+Layout of one job ``J`` (every name starts with the job name, so jobs never touch each other):
+
+- ``J.list``, ``J.fetch.<n>``: durable classic v2 work queues, fed through the default exchange;
+- ``J.retry.<t>``: one queue per retry tier with a per-queue TTL that dead-letters back through
+  the default exchange, using the message's routing key (the queue it came from). Each tier is
+  fed by a fanout exchange of the same name so the routing key can carry the destination;
+- ``J.parked``: jobs that failed for good, with their reason in headers;
+- ``J.meta``: one message, the job's spec, so a worker needs nothing but the job name;
+- ``J.control``: fanout exchange for presence reports and stop requests (not durable data).
+
+Publishing and consuming use separate robust connections: a consumer that the broker blocks
+(resource alarm) or a slow ack path does not stall follow-up publishes, and vice versa.
+Attempts are counted in our own ``x-mirror-attempts`` header: RabbitMQ 4 ignores a
+client-republished ``x-death``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from mirror.broker import ControlCallback, Handler, ParkedJob, QueueDepth, Topology
+from mirror.errors import BrokerError, BrokerUnavailable, ConfigError, ProtocolError
+from mirror.jobs import Job, JobSpec, Reason, decode_job, encode_job
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = "x-mirror-attempts"
+FROM_QUEUE = "x-mirror-queue"
+REASON = "x-mirror-reason"
+QUEUE_ARGS: dict[str, Any] = {"x-queue-version": 2}
+# How long publish keeps retrying through a reconnect before it gives up with BrokerError:
+# long enough for a broker restart, short enough that a worker does not hang forever.
+PUBLISH_PATIENCE_S = 120.0
+ATTACH_PATIENCE_S = 5.0
+# Transport trouble that a reconnect can cure.
+_RECOVERABLE = (
+    aio_pika.exceptions.AMQPConnectionError,
+    aio_pika.exceptions.ChannelInvalidStateError,
+    aio_pika.exceptions.ChannelClosed,
+    aio_pika.exceptions.DeliveryError,
+    aiormq.exceptions.AMQPError,
+    ConnectionError,
+    TimeoutError,
+    RuntimeError,  # aiormq: "writer is None" while the connection is being replaced
+)
+
+
+def public_name(url: str) -> str:
+    """The broker URL without credentials, for messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    vhost = parts.path or "/"
+    return f"rabbitmq://{host}:{port}{vhost}"
+
+
+def _meta_queue(job: str) -> str:
+    return f"{job}.meta"
+
+
+def _control_exchange(job: str) -> str:
+    return f"{job}.control"
+
+
+class _Delivery:
+    def __init__(self, broker: RabbitBroker, queue: str, message: AbstractIncomingMessage,
+                 job: Job) -> None:
+        self._broker = broker
+        self._message = message
+        self._settled = False
+        self.job = job
+        self.queue = queue
+        self.attempts = _attempts_of(message)
+        self.redelivered = bool(message.redelivered)
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    async def _settle(self, how: str) -> None:
+        """Send the ack/nack; a dead channel means the broker has requeued it already."""
+        self._settled = True
+        try:
+            if how == "ack":
+                await self._message.ack()
+            else:
+                await self._message.nack(requeue=True)
+        except (aio_pika.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPError,
+                ConnectionError, RuntimeError) as exc:
+            # The channel this delivery came on is gone (reconnect, consumer timeout): the
+            # broker has requeued the message and will deliver it again; the handler's
+            # skip check makes that redelivery cheap.
+            log.warning("could not %s %s on %s (%s); the broker redelivers it", how,
+                        self.job.path or "/", self.queue, type(exc).__name__)
+
+    async def ack(self) -> None:
+        if not self._settled:
+            await self._settle("ack")
+
+    async def retry(self, delay_s: float) -> None:
+        if self._settled:
+            return
+        topology = self._broker.topology
+        # Durable in the retry tier before the original is acked: a crash in between
+        # duplicates the job, never loses it.
+        await self._broker.publish_to_tier(self.job, topology.tier_for(delay_s), self.queue,
+                                           self.attempts + 1)
+        await self._settle("ack")
+
+    async def park(self, reason: Reason) -> None:
+        if self._settled:
+            return
+        await self._broker.park_from(self.job, self.queue, reason)
+        await self._settle("ack")
+
+    async def release(self) -> None:
+        if not self._settled:
+            await self._settle("nack")
+
+
+def _attempts_of(message: AbstractIncomingMessage) -> int:
+    value = (message.headers or {}).get(ATTEMPTS, 0)
+    return max(0, value) if isinstance(value, int) else 0
+
+
+class _Consumer:
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, tag: str) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._tag = tag
+
+    async def cancel(self) -> None:
+        """Stop new deliveries; deliveries already handed out stay owned until settled."""
+        try:
+            await self._queue.cancel(self._tag)
+        except _RECOVERABLE as exc:
+            log.debug("cancel of consumer %s failed: %s", self._tag, exc)
+
+
+class RabbitBroker:
+    def __init__(self, url: str, job: str, publisher: AbstractRobustConnection,
+                 consumer: AbstractRobustConnection, window: int) -> None:
+        self.name = public_name(url)
+        self.job = job
+        self._pub_conn = publisher
+        self._con_conn = consumer
+        self._window = asyncio.Semaphore(window)
+        self._topology: Topology | None = None
+        self._pub_channel: AbstractChannel | None = None
+        self._query_channel: AbstractChannel | None = None
+        self._channels: list[AbstractChannel] = []  # strong refs: robust restore needs them
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    async def connect(cls, url: str, job: str, *, connection_name: str = "bucket-mirror",
+                      window: int = 256) -> RabbitBroker:
+        name = public_name(url)
+        conns: list[AbstractRobustConnection] = []
+        try:
+            for role in ("publish", "consume"):
+                conns.append(await aio_pika.connect_robust(
+                    url, client_properties={"connection_name": f"{connection_name} {job} {role}"},
+                    reconnect_interval=2, timeout=15))
+        except aio_pika.exceptions.ProbableAuthenticationError as exc:
+            await _close_all(conns)
+            raise BrokerUnavailable(
+                f"cannot reach RabbitMQ at {name}: the broker refused the login "
+                f"({_short(exc)}); check the user and password in --broker / MIRROR_BROKER_URL"
+            ) from exc
+        except (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, OSError,
+                TimeoutError, ValueError) as exc:
+            await _close_all(conns)
+            raise BrokerUnavailable(
+                f"cannot reach RabbitMQ at {name} ({_short(exc)}); check that the broker is "
+                "running and that --broker / MIRROR_BROKER_URL points at it"
+            ) from exc
+        return cls(url, job, conns[0], conns[1], window)
+
+    # -- set-up ------------------------------------------------------------------------
+
+    @property
+    def topology(self) -> Topology:
+        if self._topology is None:
+            raise ConfigError(f"job {self.job!r} is not attached; call declare() or attach()")
+        return self._topology
+
+    async def _publisher(self) -> AbstractChannel:
+        if self._pub_channel is None:
+            self._pub_channel = await self._pub_conn.channel(
+                publisher_confirms=True, on_return_raises=True)
+        return self._pub_channel
+
+    async def declare(self, spec: JobSpec) -> None:
+        if spec.name != self.job:
+            raise ConfigError(f"spec of job {spec.name!r} declared on broker of job {self.job!r}")
+        topology = Topology(spec)
+        channel = await self._pub_conn.channel()
+        try:
+            for name in topology.work_queues:
+                await channel.declare_queue(name, durable=True, arguments=QUEUE_ARGS)
+            await channel.declare_queue(topology.parked_queue, durable=True,
+                                        arguments=QUEUE_ARGS)
+            for tier, delay in enumerate(spec.retry_delays_s):
+                name = topology.retry_queue(tier)
+                queue = await channel.declare_queue(name, durable=True, arguments={
+                    **QUEUE_ARGS,
+                    "x-message-ttl": max(1, round(delay * 1000)),
+                    "x-dead-letter-exchange": "",  # back by routing key = the original queue
+                })
+                exchange = await channel.declare_exchange(
+                    name, aio_pika.ExchangeType.FANOUT, durable=True)
+                await queue.bind(exchange)
+            await channel.declare_exchange(_control_exchange(self.job),
+                                           aio_pika.ExchangeType.FANOUT, durable=True)
+            # drop-head at length 1: publishing a new spec replaces the old one.
+            await channel.declare_queue(_meta_queue(self.job), durable=True,
+                                        arguments={**QUEUE_ARGS, "x-max-length": 1})
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            raise ConfigError(
+                f"job {self.job!r} has queues on {self.name} with other settings "
+                f"({_short(exc)}); delete the job or choose another --job"
+            ) from exc
+        finally:
+            with contextlib.suppress(*_RECOVERABLE):
+                await channel.close()
+        self._topology = topology
+        await self._publish_raw("", _meta_queue(self.job), spec.to_json(), {})
+
+    async def attach(self) -> JobSpec:
+        """Read the spec from ``J.meta`` without taking it away from other workers."""
+        deadline = time.monotonic() + ATTACH_PATIENCE_S
+        while True:
+            channel = await self._pub_conn.channel()
+            try:
+                queue = await channel.declare_queue(_meta_queue(self.job), passive=True)
+                message = await queue.get(no_ack=False, fail=False)
+                if message is not None:
+                    body = message.body
+                    await message.nack(requeue=True)
+                    spec = JobSpec.from_json(body)
+                    self._topology = Topology(spec)
+                    return spec
+            except aio_pika.exceptions.ChannelNotFoundEntity as exc:
+                raise ConfigError(
+                    f"no job named {self.job!r} on {self.name}; seed it first with "
+                    f"`mirror seed SOURCE --job {self.job} --broker URL`"
+                ) from exc
+            except ProtocolError as exc:
+                raise ConfigError(f"the stored spec of job {self.job!r} is unreadable: "
+                                  f"{exc.message}") from exc
+            finally:
+                with contextlib.suppress(*_RECOVERABLE):
+                    await channel.close()
+            # Another worker holds the spec message for a moment (it reads it the same way).
+            if time.monotonic() > deadline:
+                raise ConfigError(f"job {self.job!r} on {self.name} has no stored spec; "
+                                  "seed it again with `mirror seed`")
+            await asyncio.sleep(0.1)
+
+    # -- publishing --------------------------------------------------------------------
+
+    async def _publish_raw(self, exchange_name: str, routing_key: str, body: bytes,
+                           headers: dict[str, Any]) -> None:
+        """One persistent, mandatory, confirmed publish; rides out reconnects for a while."""
+        message = aio_pika.Message(body, headers=headers or None,
+                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                   content_type="application/json")
+        deadline = time.monotonic() + PUBLISH_PATIENCE_S
+        delay = 0.2
+        async with self._window:
+            while True:
+                try:
+                    channel = await self._publisher()
+                    exchange: AbstractExchange
+                    if exchange_name:
+                        exchange = await channel.get_exchange(exchange_name, ensure=False)
+                    else:
+                        exchange = channel.default_exchange
+                    await exchange.publish(message, routing_key, mandatory=True, timeout=30)
+                    return
+                except aio_pika.exceptions.PublishError as exc:
+                    raise BrokerError(
+                        f"RabbitMQ could not route a message to {routing_key!r} "
+                        f"(queue or exchange missing: was job {self.job!r} deleted?)"
+                    ) from exc
+                except _RECOVERABLE as exc:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise BrokerError(
+                            f"publishing to {routing_key!r} on {self.name} failed for "
+                            f"{PUBLISH_PATIENCE_S:.0f} s ({_short(exc)}); nothing was acked, "
+                            "the work will be redone"
+                        ) from exc
+                    log.debug("publish to %s failed (%s); retrying", routing_key, _short(exc))
+                    await asyncio.sleep(min(delay, left))
+                    delay = min(delay * 2, 5.0)
+                    await self._wait_ready(left)
+
+    async def _wait_ready(self, limit_s: float) -> None:
+        channel = self._pub_channel
+        if channel is None:
+            return
+        ready = getattr(channel, "ready", None)
+        if ready is not None:
+            with contextlib.suppress(TimeoutError, *_RECOVERABLE):
+                await asyncio.wait_for(ready(), timeout=max(0.1, min(limit_s, 30)))
+
+    async def publish(self, jobs: Sequence[Job]) -> None:
+        topology = self.topology
+        await asyncio.gather(*(
+            self._publish_raw("", topology.queue_for(job), encode_job(job), {})
+            for job in jobs
+        ))
+
+    async def publish_to_tier(self, job: Job, tier: int, queue: str, attempts: int) -> None:
+        await self._publish_raw(self.topology.retry_queue(tier), queue, encode_job(job),
+                                {ATTEMPTS: attempts})
+
+    async def park_from(self, job: Job, queue: str, reason: Reason) -> None:
+        await self._publish_raw("", self.topology.parked_queue, encode_job(job), {
+            ATTEMPTS: reason.attempts,
+            FROM_QUEUE: queue,
+            REASON: json.dumps(reason.to_dict(), ensure_ascii=True),
+        })
+
+    async def park(self, job: Job, reason: Reason) -> None:
+        await self.park_from(job, self.topology.queue_for(job), reason)
+
+    async def _park_raw(self, body: bytes, queue: str, reason: Reason) -> None:
+        await self._publish_raw("", self.topology.parked_queue, body, {
+            ATTEMPTS: reason.attempts, FROM_QUEUE: queue,
+            REASON: json.dumps(reason.to_dict(), ensure_ascii=True),
+        })
+
+    # -- consuming ---------------------------------------------------------------------
+
+    async def consume(self, queue: str, prefetch: int, handler: Handler) -> _Consumer:
+        topology = self.topology
+        if queue not in topology.work_queues:
+            raise ConfigError(f"no queue {queue!r} in job {self.job!r}")
+        channel = await self._con_conn.channel()
+        self._channels.append(channel)
+        # Prefetch is the concurrency: the consumer-timeout clock starts at delivery, so
+        # messages waiting in the client would age towards it.
+        await channel.set_qos(prefetch_count=max(1, prefetch))
+        try:
+            amqp_queue = await channel.declare_queue(queue, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity as exc:
+            raise ConfigError(f"queue {queue!r} does not exist on {self.name}; was job "
+                              f"{self.job!r} deleted? seed it again with `mirror seed`") from exc
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await self._handle(queue, message, handler)
+
+        tag = await amqp_queue.consume(on_message, no_ack=False)
+        return _Consumer(channel, amqp_queue, tag)
+
+    async def _handle(self, queue: str, message: AbstractIncomingMessage,
+                      handler: Handler) -> None:
+        try:
+            job = decode_job(message.body)
+        except ProtocolError as exc:
+            log.error("undecodable message on %s parked: %s", queue, exc.message)
+            try:
+                await self._park_raw(message.body, queue, Reason.from_error(exc, 0))
+                await message.ack()
+            except (BrokerError, *_RECOVERABLE):
+                log.warning("could not park an undecodable message; it stays queued")
+            return
+        delivery = _Delivery(self, queue, message, job)
+        try:
+            await handler(delivery)
+        except asyncio.CancelledError:
+            await delivery.release()
+            raise
+        except Exception:
+            log.exception("handler failed on %s; job returned to its queue", job)
+            await delivery.release()
+        else:
+            if not delivery.settled:
+                log.error("handler left %s unsettled; returned to its queue", job)
+                await delivery.release()
+
+    # -- inspection --------------------------------------------------------------------
+
+    async def _queue_depth(self, name: str) -> QueueDepth | None:
+        for _ in range(2):
+            if self._query_channel is None or self._query_channel.is_closed:
+                self._query_channel = await self._pub_conn.channel()
+            try:
+                # The raw channel: aio-pika's robust channel answers a passive declare of a
+                # queue it knows from its cache, with stale counts.
+                raw = await self._query_channel.get_underlay_channel()
+                result = await raw.queue_declare(name, passive=True)
+            except aio_pika.exceptions.ChannelNotFoundEntity:
+                await self._drop_query_channel()  # the broker closed it
+                return None
+            except (aio_pika.exceptions.ChannelInvalidStateError,
+                    aio_pika.exceptions.ChannelClosed):
+                await self._drop_query_channel()
+                continue
+            return QueueDepth(result.message_count or 0, None, result.consumer_count or 0)
+        return None
+
+    async def _drop_query_channel(self) -> None:
+        channel, self._query_channel = self._query_channel, None
+        if channel is not None:
+            with contextlib.suppress(*_RECOVERABLE):
+                await channel.close()  # or the robust wrapper reopens it behind our back
+
+    async def depths(self) -> dict[str, QueueDepth]:
+        topology = self.topology
+        out: dict[str, QueueDepth] = {}
+        try:
+            for name in [*topology.pending_queues, topology.parked_queue]:
+                depth = await self._queue_depth(name)
+                if depth is not None:
+                    out[name] = depth
+        except _RECOVERABLE as exc:
+            raise BrokerError(f"cannot read queue depths on {self.name}: {_short(exc)}") from exc
+        return out
+
+    async def parked_jobs(self, limit: int = 10_000) -> list[ParkedJob]:
+        """Read (and leave in place) up to ``limit`` parked jobs."""
+        topology = self.topology
+        channel = await self._pub_conn.channel()
+        out: list[ParkedJob] = []
+        held: list[AbstractIncomingMessage] = []
+        try:
+            queue = await channel.declare_queue(topology.parked_queue, passive=True)
+            while len(out) < limit:
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                held.append(message)
+                headers = message.headers or {}
+                raw_reason = headers.get(REASON)
+                reason_text = raw_reason.decode() if isinstance(raw_reason, bytes) else raw_reason
+                try:
+                    job = decode_job(message.body)
+                    reason = Reason.from_dict(json.loads(str(reason_text)))
+                except (ProtocolError, ValueError, TypeError, KeyError):
+                    continue
+                origin = headers.get(FROM_QUEUE)
+                origin_text = origin.decode() if isinstance(origin, bytes) else str(origin)
+                out.append(ParkedJob(job, origin_text, reason))
+        finally:
+            with contextlib.suppress(*_RECOVERABLE):
+                await channel.close()  # returns every message read above to the queue
+        return out
+
+    # -- control -----------------------------------------------------------------------
+
+    async def broadcast(self, message: dict[str, Any]) -> None:
+        channel = await self._publisher()
+        exchange = await channel.get_exchange(_control_exchange(self.job), ensure=False)
+        try:
+            await exchange.publish(aio_pika.Message(json.dumps(message).encode()), "",
+                                   mandatory=False, timeout=10)
+        except _RECOVERABLE as exc:
+            raise BrokerError(f"cannot send a control message on {self.name}: "
+                              f"{_short(exc)}") from exc
+
+    async def subscribe(self, callback: ControlCallback) -> None:
+        channel = await self._con_conn.channel()
+        self._channels.append(channel)
+        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        await queue.bind(_control_exchange(self.job))
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            try:
+                data = json.loads(message.body)
+            except ValueError:
+                return
+            if isinstance(data, dict):
+                callback(data)
+
+        await queue.consume(on_message, no_ack=True)
+
+    # -- tear-down ---------------------------------------------------------------------
+
+    async def delete_job(self) -> None:
+        """Remove every queue and exchange of the job (its queued and parked work too)."""
+        names = [_meta_queue(self.job)]
+        if self._topology is not None:
+            topology = self._topology
+            names += [*topology.pending_queues, topology.parked_queue]
+        channel = await self._pub_conn.channel()
+        try:
+            for name in names:
+                await channel.queue_delete(name)
+            if self._topology is not None:
+                for name in self._topology.retry_queues:
+                    await channel.exchange_delete(name)
+            await channel.exchange_delete(_control_exchange(self.job))
+        finally:
+            with contextlib.suppress(*_RECOVERABLE):
+                await channel.close()
+
+    async def close(self) -> None:
+        await _close_all([self._con_conn, self._pub_conn])
+
+
+async def _close_all(conns: Sequence[AbstractRobustConnection]) -> None:
+    for conn in conns:
+        with contextlib.suppress(*_RECOVERABLE, asyncio.CancelledError):
+            await asyncio.wait_for(conn.close(), timeout=10)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+__all__ = ["ATTEMPTS", "FROM_QUEUE", "REASON", "RabbitBroker", "public_name"]

@@ -1,0 +1,236 @@
+"""The ``mirror`` command. Parsing only: settings are built here and handed to ``runner``.
+
+Precedence: flags > environment (``MIRROR_*``) > ``--config`` TOML file > defaults. Click
+gives exactly that order when the TOML is loaded into the context's ``default_map``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+import sys
+import tomllib
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from mirror import __version__
+from mirror.errors import ConfigError, FatalError, MirrorError
+from mirror.jobs import JobSpec
+from mirror.settings import SourceSettings, WorkerSettings, default_state_dir
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+CREDENTIAL_VARS = ("UPYUN_OPERATOR", "UPYUN_PASSWORD", "AWS_ACCESS_KEY_ID",
+                   "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "ARTIFACTORY_TOKEN")
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def credentials(ctx: click.Context) -> dict[str, str]:
+    """Credentials from the config file's [credentials] table, overridden by the environment."""
+    found: dict[str, str] = dict(ctx.find_root().meta.get("credentials") or {})
+    found.update({k: os.environ[k] for k in CREDENTIAL_VARS if os.environ.get(k)})
+    return found
+
+
+def load_config(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Read the TOML file into click's default_map shape, plus its [credentials] table."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--config") from exc
+    creds = data.pop("credentials", {})
+    if creds and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise click.BadParameter(
+            f"{path} holds credentials but others can read it; run: chmod 600 {path}",
+            param_hint="--config")
+    shared = {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
+    per_command = {k: v for k, v in data.items() if isinstance(v, dict)}
+    default_map: dict[str, Any] = {}
+    for command in COMMANDS:
+        merged = dict(shared)
+        merged.update({k.replace("-", "_"): v for k, v in per_command.get(command, {}).items()})
+        default_map[command] = merged
+    return default_map, {str(k): str(v) for k, v in creds.items()}
+
+
+COMMANDS = ("run", "seed", "work", "demo", "ls", "fake-upyun")
+
+
+def setup_logging(verbose: int, quiet: bool, rich_console: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    if rich_console:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s",
+                                               "%Y-%m-%d %H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    for noisy in ("aiormq", "aio_pika", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.INFO)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="bucket-mirror")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              envvar="MIRROR_CONFIG", help="TOML file of defaults (top-level keys apply to every "
+              "command, [run]/[work]/... tables to one; [credentials] needs mode 600).")
+@click.option("-v", "--verbose", count=True, help="More log detail (-vv: debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and the final summary.")
+@click.pass_context
+def cli(ctx: click.Context, /, config: Path | None, verbose: int, quiet: bool) -> None:
+    """Mirror whole storage buckets onto local disks, over RabbitMQ or an embedded broker."""
+    ctx.meta["verbose"], ctx.meta["quiet"] = verbose, quiet
+    if config is not None:
+        ctx.default_map, ctx.meta["credentials"] = load_config(config)
+
+
+def source_options(f: F) -> F:
+    options = [
+        click.option("--endpoint", envvar="MIRROR_ENDPOINT", metavar="URL",
+                     help="Source API endpoint (UpYun default https://v0.api.upyun.com)."),
+        click.option("--list-limit", type=click.IntRange(1, 10000), default=1000,
+                     envvar="MIRROR_LIST_LIMIT", show_default=True,
+                     help="Entries per listing page."),
+        click.option("--connect-timeout", type=click.FloatRange(0.1), default=30.0,
+                     envvar="MIRROR_CONNECT_TIMEOUT", show_default=True, metavar="S"),
+        click.option("--timeout", type=click.FloatRange(0.1), default=120.0,
+                     envvar="MIRROR_TIMEOUT", show_default=True, metavar="S",
+                     help="Abort a request that delivers no byte for this long."),
+        click.option("--request-retries", type=click.IntRange(0, 20), default=2,
+                     envvar="MIRROR_REQUEST_RETRIES", show_default=True,
+                     help="Quick in-process retries before the broker's retry tiers."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def worker_options(f: F) -> F:
+    options = [
+        click.option("--concurrency", type=click.IntRange(1, 1024), default=16,
+                     envvar="MIRROR_CONCURRENCY", show_default=True,
+                     help="Simultaneous downloads."),
+        click.option("--list-concurrency", type=click.IntRange(1, 256), default=4,
+                     envvar="MIRROR_LIST_CONCURRENCY", show_default=True,
+                     help="Simultaneous listing requests."),
+        click.option("--checksum/--no-checksum", default=True, envvar="MIRROR_CHECKSUM",
+                     show_default=True, help="Check MD5 where the source gives one."),
+        click.option("--fsync/--no-fsync", default=True, envvar="MIRROR_FSYNC",
+                     show_default=True, help="Flush each file to disk before it is acked."),
+        click.option("--drain-deadline", type=click.FloatRange(0), default=60.0,
+                     envvar="MIRROR_DRAIN_DEADLINE", show_default=True, metavar="S",
+                     help="On SIGTERM, let in-flight work finish for this long."),
+        click.option("--progress/--no-progress", default=None,
+                     help="Live progress view (default: when stderr is a terminal)."),
+        click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+                     envvar="MIRROR_STATE_DIR", default=None,
+                     help="Job state (parked lists, summaries) [default: ~/.local/state/"
+                     "bucket-mirror]."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def job_options(f: F) -> F:
+    options = [
+        click.option("--retry-delays", default="5,60,600", envvar="MIRROR_RETRY_DELAYS",
+                     show_default=True, metavar="S,S,...",
+                     help="Retry tiers in seconds (fixed when the job is created)."),
+        click.option("--max-attempts", type=click.IntRange(1, 100), default=5,
+                     envvar="MIRROR_MAX_ATTEMPTS", show_default=True,
+                     help="Attempts per job before it is parked."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def parse_delays(text: str) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        delays = ()
+    if not delays or any(d <= 0 for d in delays):
+        raise click.BadParameter(f"{text!r}: give positive seconds like 5,60,600",
+                                 param_hint="--retry-delays")
+    return delays
+
+
+def make_source_settings(ctx: click.Context, o: Mapping[str, Any]) -> SourceSettings:
+    return SourceSettings(
+        endpoint=o.get("endpoint"), list_limit=o.get("list_limit", 1000),
+        connect_timeout_s=o.get("connect_timeout", 30.0), read_timeout_s=o.get("timeout", 120.0),
+        request_retries=o.get("request_retries", 2),
+        max_connections=max(64, o.get("concurrency", 16) + o.get("list_concurrency", 4) + 8),
+        env=credentials(ctx),
+    )
+
+
+def make_worker_settings(o: Mapping[str, Any], role: str = "all") -> WorkerSettings:
+    return WorkerSettings(
+        role=role,  # type: ignore[arg-type]
+        concurrency=o["concurrency"], list_concurrency=o["list_concurrency"],
+        verify_checksum=o["checksum"], fsync=o["fsync"], drain_deadline_s=o["drain_deadline"],
+    )
+
+
+def make_spec(name: str, source: str, o: Mapping[str, Any]) -> JobSpec:
+    return JobSpec(name=name, source=source, endpoint=o.get("endpoint"),
+                   retry_delays_s=parse_delays(o["retry_delays"]),
+                   max_attempts=o["max_attempts"], list_limit=o["list_limit"])
+
+
+def live_progress(o: Mapping[str, Any], ctx: click.Context) -> bool:
+    wanted = o.get("progress")
+    if ctx.find_root().meta.get("quiet"):
+        return False
+    return sys.stderr.isatty() if wanted is None else bool(wanted)
+
+
+def start_logging(ctx: click.Context, live: bool) -> None:
+    root = ctx.find_root()
+    setup_logging(root.meta.get("verbose", 0), root.meta.get("quiet", False), live)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: maps errors to the documented exit codes."""
+    from mirror import commands  # noqa: F401  (registers the subcommands)
+
+    try:
+        code = cli.main(args=argv, prog_name="mirror", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except ConfigError as exc:
+        click.echo(f"mirror: {exc}", err=True)
+        sys.exit(2)
+    except FatalError as exc:
+        click.echo(f"mirror: {exc}", err=True)
+        sys.exit(3)
+    except MirrorError as exc:
+        click.echo(f"mirror: {exc}", err=True)
+        sys.exit(3)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def state_dir_of(o: Mapping[str, Any]) -> Path:
+    return Path(o["state_dir"]) if o.get("state_dir") else default_state_dir()

@@ -1,0 +1,140 @@
+"""``mirror run``, ``mirror seed`` and ``mirror work``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mirror import runner
+from mirror.cli import (
+    cli,
+    job_options,
+    live_progress,
+    make_source_settings,
+    make_spec,
+    make_worker_settings,
+    run_async,
+    source_options,
+    start_logging,
+    state_dir_of,
+    worker_options,
+)
+from mirror.disk import Disk, Placement
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--broker", envvar="MIRROR_BROKER_URL", metavar="URL",
+              help="RabbitMQ URL (amqp://user:pass@host:5672/vhost); default: embedded broker.")
+@click.option("--job", "job_name", envvar="MIRROR_JOB", metavar="NAME",
+              help="Job name (namespaces its queues); default: derived from SOURCE.")
+@source_options
+@worker_options
+@job_options
+@click.pass_context
+def run(ctx: click.Context, /, source: str, dest: Path, broker: str | None, job_name: str | None,
+        **o: Any) -> int:
+    """Mirror SOURCE (e.g. upyun://bucket/prefix) into DEST and wait until it is done.
+
+    Without --broker everything runs in this process. With --broker the job is seeded on
+    RabbitMQ (or resumed, if it exists) and worked here; other hosts can help with
+    `mirror work --job NAME`.
+    """
+    live = live_progress(o, ctx)
+    start_logging(ctx, live)
+    name = runner.check_job_name(job_name or runner.default_job_name(
+        source, dest.resolve() if broker is None else None))
+    spec = make_spec(name, source, o)
+    options = runner.WorkOptions(make_worker_settings(o), until_idle=True, live_progress=live)
+    outcome = run_async(runner.run_job(spec, dest, broker, make_source_settings(ctx, o),
+                                       options, state_dir_of(o)))
+    click.echo(runner.report(outcome))
+    return outcome.exit_code
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--job", "job_name", envvar="MIRROR_JOB", required=True, metavar="NAME")
+@click.option("--broker", envvar="MIRROR_BROKER_URL", required=True, metavar="URL")
+@click.option("--force", is_flag=True, help="Seed again even if the job has pending work.")
+@source_options
+@job_options
+@click.pass_context
+def seed(ctx: click.Context, /, source: str, job_name: str, broker: str, force: bool,
+         **o: Any) -> int:
+    """Create job NAME on the broker and queue the listing of SOURCE.
+
+    Workers started with `mirror work --job NAME` then list and fetch it. Seeding a job that
+    still has pending work only resumes it (unless --force).
+    """
+    start_logging(ctx, False)
+    spec = make_spec(runner.check_job_name(job_name), source, o)
+
+    async def go() -> str:
+        src = runner.source_for(spec, make_source_settings(ctx, o))
+        try:
+            await runner.check_source(src, source)
+        finally:
+            await src.close()
+        b = await runner.connect_broker(broker, spec.name, "seed")
+        try:
+            return (await runner.seed(b, spec, force=force))[1]
+        finally:
+            await b.close()
+
+    click.echo(run_async(go()))
+    return 0
+
+
+@cli.command()
+@click.option("--job", "job_name", envvar="MIRROR_JOB", required=True, metavar="NAME")
+@click.option("--broker", envvar="MIRROR_BROKER_URL", required=True, metavar="URL")
+@click.option("--dest", type=click.Path(file_okay=False, path_type=Path), required=True,
+              envvar="MIRROR_DEST", help="Mirror root for every shard of the job.")
+@click.option("--role", type=click.Choice(["list", "fetch", "all"]), default="all",
+              envvar="MIRROR_ROLE", show_default=True)
+@click.option("--until-idle", is_flag=True,
+              help="Exit once the whole job is done (not when this worker's queue is "
+                   "momentarily empty).")
+@source_options
+@worker_options
+@click.pass_context
+def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path, role: str,
+         until_idle: bool, **o: Any) -> int:
+    """Work job NAME: list and/or fetch until stopped (or, with --until-idle, until done).
+
+    The job's source, endpoint, shards and retry tiers come from the broker; this host only
+    needs the credentials in its environment.
+    """
+    live = live_progress(o, ctx)
+    start_logging(ctx, live)
+    settings = make_worker_settings(o, role)
+    options = runner.WorkOptions(settings, until_idle=until_idle, live_progress=live)
+
+    async def go() -> runner.Outcome:
+        b = await runner.connect_broker(broker, runner.check_job_name(job_name), role)
+        executor = runner.disk_executor(settings)
+        try:
+            spec = await b.attach()
+            src = runner.source_for(spec, make_source_settings(ctx, o))
+            try:
+                await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
+                disk = Disk(dest, fsync=settings.fsync, executor=executor)
+                await disk.run(disk.check_writable)
+                placement = Placement.single(disk, spec.shards)
+                return await runner.work(b, spec, src, placement, options)
+            finally:
+                await src.close()
+        finally:
+            await b.close()
+            executor.shutdown(wait=False)
+
+    outcome = run_async(go())
+    click.echo(runner.report(outcome))
+    if not until_idle and outcome.fatal is None:
+        return 0  # stopped on request; parked files are the job's, reported by its run/status
+    return outcome.exit_code

@@ -1,0 +1,189 @@
+"""The two handlers: list one page of a folder, fetch one file.
+
+A handler either returns (the worker acks) or raises a ``MirrorError`` (the worker retries,
+parks or stops). Neither acks nor retries itself; both are safe to run twice for one job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mirror.broker import Broker, Topology
+from mirror.disk import Disk, PartFile, Placement, check_name
+from mirror.errors import (
+    IntegrityError,
+    MirrorError,
+    ProtocolError,
+    SourceUnavailable,
+    Stalled,
+    UnsafePath,
+)
+from mirror.jobs import FetchJob, Job, JobSpec, ListJob, Reason, shard_of
+from mirror.settings import WorkerSettings
+from mirror.sources import Body, Source
+from mirror.stats import Stats
+
+log = logging.getLogger(__name__)
+Outcome = Literal["fetched", "skipped", "dir", "listed"]
+
+# A folder that keeps returning empty pages with a next iter is a broken listing, not data.
+MAX_EMPTY_PAGES = 3
+
+
+@dataclass
+class Context:
+    spec: JobSpec
+    topology: Topology
+    source: Source
+    broker: Broker
+    placement: Placement
+    settings: WorkerSettings
+    stats: Stats
+    # (disk root, path) -> done signal: a second delivery of a file this process is already
+    # fetching (consumer-timeout redelivery, duplicate listing) waits instead of downloading.
+    inflight: dict[tuple[str, str], asyncio.Future[None]] = field(default_factory=dict)
+
+    def disk_for(self, job: FetchJob) -> Disk:
+        shard = shard_of(job.path, self.spec.shards, self.spec.shard_by, job.is_dir)
+        return self.placement.disk_for(shard)
+
+
+async def list_dir(job: ListJob, ctx: Context) -> Outcome:
+    page = await ctx.source.list_page(job.path, job.cursor)
+    follow: list[Job] = []
+    refused: list[tuple[Job, UnsafePath]] = []
+    prefix = f"{job.path}/" if job.path else ""
+    for entry in page.entries:
+        name = entry.path[len(prefix):] if entry.path.startswith(prefix) else entry.path
+        item: Job = (ListJob(entry.path) if entry.is_dir else
+                     FetchJob(entry.path, entry.size, entry.mtime, entry.etag))
+        try:
+            check_name(name)
+        except UnsafePath as exc:
+            refused.append((item, UnsafePath(f"in folder {job.path or '/'}: {exc.message}")))
+            continue
+        follow.append(item)
+    if page.cursor is not None:
+        empty = 0 if page.entries else job.empty + 1
+        if empty >= MAX_EMPTY_PAGES:
+            raise ProtocolError(
+                f"listing of {job.path or '/'}: {empty} empty pages in a row, each promising "
+                "more; stopping this folder's listing"
+            )
+        follow.append(ListJob(job.path, page.cursor, job.page + 1, empty))
+    elif job.cursor is None and not page.entries:
+        follow.append(FetchJob(job.path, is_dir=True))  # an empty folder is reproduced too
+    await ctx.broker.publish(follow)
+    for item, problem in refused:
+        log.warning("refused %r: %s", item.path, problem)
+        reason = Reason.from_error(problem, attempts=0)
+        await ctx.broker.park(item, reason)
+        ctx.stats.park(item.path, reason)
+    ctx.stats.pages += 1
+    ctx.stats.entries += len(page.entries)
+    for item in follow:
+        if isinstance(item, FetchJob) and not item.is_dir:
+            ctx.stats.listed_files += 1
+            ctx.stats.listed_bytes += item.size
+    return "listed"
+
+
+async def fetch_file(job: FetchJob, ctx: Context) -> Outcome:
+    disk = ctx.disk_for(job)
+    key = (str(disk.root), job.path)
+    while (running := ctx.inflight.get(key)) is not None:
+        await asyncio.shield(running)  # the other delivery's outcome decides; then re-check
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ctx.inflight[key] = done
+    try:
+        return await _fetch(job, disk, ctx)
+    finally:
+        del ctx.inflight[key]
+        done.set_result(None)
+
+
+async def _fetch(job: FetchJob, disk: Disk, ctx: Context) -> Outcome:
+    if job.is_dir:
+        await disk.run(disk.make_dir, job.path)
+        ctx.stats.dirs += 1
+        return "dir"
+    window = ctx.settings.modify_window_s
+    part = await disk.run(disk.begin, job.path, job.size, job.mtime, window)
+    if part is None:
+        ctx.stats.skipped += 1
+        ctx.stats.skipped_bytes += job.size
+        return "skipped"
+    try:
+        if job.size == 0:
+            await disk.run(part.commit, 0, job.mtime, None)
+        else:
+            await _download(job, part, disk, ctx)
+    finally:
+        await disk.run(part.close)
+    ctx.stats.fetched += 1
+    ctx.stats.fetched_bytes += job.size
+    return "fetched"
+
+
+async def _download(job: FetchJob, part: PartFile, disk: Disk, ctx: Context) -> None:
+    """Stream into the part file, resuming from what it holds; a cut body resumes in place."""
+    resumes = 0
+    while True:
+        if part.size >= job.size:
+            await disk.run(part.restart, 0)  # complete or oversize leftovers: start over
+        try:
+            async with ctx.source.open(job.path, part.size) as body:
+                await _receive(job, body, part, disk, ctx)
+            return
+        except (SourceUnavailable, Stalled) as exc:
+            # Bytes already written are good; ask for the rest while the budget lasts.
+            if resumes >= ctx.settings.resume_retries:
+                raise
+            resumes += 1
+            log.debug("%s: %s; resuming at byte %d", job.path, exc, part.size)
+
+
+async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: Context) -> None:
+    if body.offset != part.size:
+        if body.offset != 0:
+            raise ProtocolError(f"{job.path}: asked for bytes from {part.size}, the source sent "
+                                f"bytes from {body.offset}")
+        await disk.run(part.restart, 0)  # the source ignored our Range: start over
+    if body.total_size is not None and body.total_size != job.size:
+        raise IntegrityError(
+            f"{job.path}: the source now reports {body.total_size} bytes, the listing said "
+            f"{job.size}; it changed after listing (re-seed the job to pick up the new version)"
+        )
+    md5 = body.md5 if ctx.settings.verify_checksum else None
+    track = md5 is not None
+    remaining = job.size - part.size
+    if remaining <= ctx.settings.small_file_max:
+        data = await body.read_all()
+        ctx.stats.transferred += len(data)
+        await disk.run(_write_and_commit, part, data, track, job, md5)
+        return
+    buf = bytearray()
+    async for chunk in body.chunks(ctx.settings.chunk_size):
+        buf += chunk
+        ctx.stats.transferred += len(chunk)
+        if part.size + len(buf) > job.size:
+            raise IntegrityError(f"{job.path}: the source sent more than the listed {job.size} "
+                                 "bytes")
+        if len(buf) >= ctx.settings.chunk_size:
+            await disk.run(part.write, bytes(buf), track)
+            buf.clear()
+    await disk.run(_write_and_commit, part, bytes(buf), track, job, md5)
+
+
+def _write_and_commit(part: PartFile, data: bytes, track: bool, job: FetchJob,
+                      md5: str | None) -> None:
+    if data:
+        part.write(data, track)
+    part.commit(job.size, job.mtime, md5)
+
+
+def describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, MirrorError) else f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,226 @@
+"""Seed a job, work a job, or do both in one process: what the commands run, minus parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import signal
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from mirror.broker import Broker, ParkedJob, Topology
+from mirror.broker.memory import MemoryBroker
+from mirror.disk import Disk, Placement
+from mirror.errors import ConfigError, FatalError, NotFound
+from mirror.jobs import JobSpec, ListJob, encode_job
+from mirror.progress import Progress, summary
+from mirror.settings import SourceSettings, WorkerSettings
+from mirror.sources import Source, open_source
+from mirror.stats import Stats
+from mirror.worker import Worker
+
+log = logging.getLogger(__name__)
+JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def default_job_name(source: str, dest: Path | None = None) -> str:
+    """A readable, stable job name: the source URL as a slug (plus the destination's hash)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.replace("://", "-")).strip("-.") or "job"
+    tail = hashlib.blake2b(f"{source}|{dest}".encode(), digest_size=3).hexdigest()
+    return f"{slug[:60]}-{tail}" if dest is not None or len(slug) > 60 else slug
+
+
+def check_job_name(name: str) -> str:
+    if not JOB_NAME.match(name):
+        raise ConfigError(f"job name {name!r} must be 1-100 of A-Z a-z 0-9 _ . - and start with "
+                          "a letter or digit")
+    return name
+
+
+@dataclass(frozen=True)
+class Outcome:
+    stats: Stats
+    parked_total: int
+    fatal: FatalError | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.fatal is not None:
+            return 3
+        return 1 if self.parked_total else 0
+
+
+@dataclass(frozen=True)
+class WorkOptions:
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    until_idle: bool = True
+    live_progress: bool = False
+
+
+async def connect_broker(url: str | None, job: str, role: str = "all") -> Broker:
+    if url is None:
+        return MemoryBroker()
+    from mirror.broker.rabbitmq import RabbitBroker
+
+    return await RabbitBroker.connect(url, job, connection_name=f"bucket-mirror {role}")
+
+
+async def check_source(source: Source, url: str) -> None:
+    """Fail fast on bad credentials or a missing prefix, before any job is created."""
+    try:
+        entry = await source.stat("")
+    except NotFound as exc:
+        raise ConfigError(f"{url}: the source folder does not exist") from exc
+    if not entry.is_dir:
+        raise ConfigError(f"{url} is a file, not a folder; mirror its parent folder instead")
+
+
+async def seed(broker: Broker, spec: JobSpec, *, force: bool = False) -> tuple[JobSpec, str]:
+    """Create the job (or find it) and put its root listing in the queue unless it is running.
+
+    Returns the spec in force and what was done, for the operator.
+    """
+    try:
+        existing: JobSpec | None = await broker.attach()
+    except ConfigError:
+        existing = None
+    if existing is not None:
+        if (existing.source, existing.endpoint) != (spec.source, spec.endpoint):
+            raise ConfigError(
+                f"job {spec.name!r} already mirrors {existing.source}"
+                f"{' via ' + existing.endpoint if existing.endpoint else ''}; choose another --job"
+            )
+        if existing.shards != spec.shards:
+            raise ConfigError(f"job {spec.name!r} has {existing.shards} shards; its shard count "
+                              "cannot change")
+        spec = existing
+    else:
+        await broker.declare(spec)
+    topology = Topology(spec)
+    depths = await broker.depths()
+    pending = sum(d.ready + (d.unacked or 0) for q, d in depths.items()
+                  if q in topology.pending_queues)
+    consumers = sum(d.consumers or 0 for q, d in depths.items() if q in topology.pending_queues)
+    if (pending or consumers) and not force:
+        return spec, (f"job {spec.name} resumes: {pending} jobs queued, {consumers} consumers "
+                      "attached; not seeding again")
+    await broker.publish([ListJob("")])
+    return spec, f"job {spec.name} seeded: listing {spec.source}"
+
+
+def source_for(spec: JobSpec, settings: SourceSettings) -> Source:
+    return open_source(spec.source, replace(settings, endpoint=spec.endpoint,
+                                            list_limit=spec.list_limit))
+
+
+@contextlib.asynccontextmanager
+async def _signals(worker: Worker) -> AsyncIterator[None]:
+    """First SIGINT/SIGTERM drains; a second one gives in-flight work back at once."""
+    loop = asyncio.get_running_loop()
+    count = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal count
+        count += 1
+        if count == 1:
+            worker.request_stop(f"{sig.name}: draining (again to stop at once)")
+        else:
+            worker.abort()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placement,
+               options: WorkOptions, stats: Stats | None = None) -> Outcome:
+    stats = stats or Stats()
+    worker = Worker(broker, spec, source, placement, options.worker, stats)
+    fatal: FatalError | None = None
+    async with _signals(worker), Progress(stats, broker, worker.topology,
+                                          live=options.live_progress):
+        try:
+            await worker.run(until_idle=options.until_idle)
+        except FatalError as exc:
+            fatal = exc
+    parked = 0
+    with contextlib.suppress(Exception):
+        depth = (await broker.depths()).get(worker.topology.parked_queue)
+        parked = depth.ready if depth is not None else 0
+    return Outcome(stats, max(parked, stats.parked), fatal)
+
+
+def disk_executor(settings: WorkerSettings) -> ThreadPoolExecutor:
+    # Disk calls block; a pool a little wider than the transfers keeps writes from queueing.
+    return ThreadPoolExecutor(max_workers=max(4, settings.concurrency + 4),
+                              thread_name_prefix="disk")
+
+
+async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,
+                  source_settings: SourceSettings, options: WorkOptions,
+                  state_dir: Path) -> Outcome:
+    """``mirror run``: seed (embedded or on RabbitMQ) and work the job here until it is done."""
+    await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
+    journal: list[ParkedJob] = []
+    broker = (MemoryBroker(on_park=journal.append) if broker_url is None
+              else await connect_broker(broker_url, spec.name))
+    source = source_for(spec, source_settings)
+    executor = disk_executor(options.worker)
+    try:
+        await check_source(source, spec.source)
+        spec, what = await seed(broker, spec)
+        log.info("%s", what)
+        disk = Disk(dest, fsync=options.worker.fsync, executor=executor)
+        await disk.run(disk.check_writable)
+        outcome = await work(broker, spec, source, Placement.single(disk, spec.shards), options)
+    finally:
+        await source.close()
+        await broker.close()
+        executor.shutdown(wait=False)
+    await asyncio.to_thread(write_state, state_dir, spec, outcome, journal,
+                            broker_url is None)
+    return outcome
+
+
+def write_state(state_dir: Path, spec: JobSpec, outcome: Outcome, parked: list[ParkedJob],
+                embedded: bool) -> Path:
+    """Keep the run's summary (and, for embedded runs, every parked job) in the state dir."""
+    folder = state_dir / "jobs" / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    s = outcome.stats
+    (folder / "last-run.json").write_text(json.dumps({
+        "job": spec.name, "source": spec.source, "finished": time.time(),
+        "embedded": embedded, "fetched": s.fetched, "skipped": s.skipped,
+        "parked": outcome.parked_total, "bytes": s.transferred, "elapsed_s": s.elapsed_s,
+        "fatal": str(outcome.fatal) if outcome.fatal else None,
+    }, indent=2))
+    if embedded:
+        with (folder / "parked.jsonl").open("w") as out:
+            for p in parked:
+                out.write(json.dumps({"queue": p.queue, "job": json.loads(encode_job(p.job)),
+                                      "reason": p.reason.to_dict()}, ensure_ascii=False) + "\n")
+    return folder
+
+
+def report(outcome: Outcome) -> str:
+    text = summary(outcome.stats, outcome.parked_total)
+    if outcome.fatal is not None:
+        text += f"\nstopped: {outcome.fatal}"
+    return text
+
+
+__all__ = ["Outcome", "WorkOptions", "run_job", "seed", "work"]

@@ -1,0 +1,65 @@
+"""Settings as frozen dataclasses, built once by the CLI and passed down.
+
+Precedence (applied by the CLI): flags > environment (``MIRROR_*``) > TOML file > these defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Role = Literal["list", "fetch", "all"]
+
+DEFAULT_UPYUN_ENDPOINT = "https://v0.api.upyun.com"
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """How to talk to the source. ``env`` carries the credentials (never logged)."""
+
+    endpoint: str | None = None
+    list_limit: int = 1000
+    connect_timeout_s: float = 30.0
+    read_timeout_s: float = 120.0  # no byte for this long aborts the request
+    request_retries: int = 2  # quick in-process retries before the broker's retry tiers
+    request_retry_backoff_s: float = 0.25
+    max_connections: int = 64
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def credential(self, name: str) -> str | None:
+        value = self.env.get(name)
+        return value if value else None
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    role: Role = "all"
+    concurrency: int = 16  # simultaneous downloads (and the fetch prefetch)
+    list_concurrency: int = 4  # simultaneous listing pages
+    chunk_size: int = 1 << 20  # read/write unit for large files
+    small_file_max: int = 1 << 20  # bodies up to this size are written in one disk operation
+    resume_retries: int = 2  # a body cut mid-way is resumed in place this often before a retry
+    verify_checksum: bool = True  # check MD5 where the source gives one
+    modify_window_s: float = 0.001  # mtimes this close are equal (skip check)
+    drain_deadline_s: float = 60.0  # SIGTERM: in-flight work must finish within this
+    presence_interval_s: float = 1.0
+    publish_window: int = 256  # unconfirmed publishes allowed at once
+    fsync: bool = True
+
+    @property
+    def lists(self) -> bool:
+        return self.role in ("list", "all")
+
+    @property
+    def fetches(self) -> bool:
+        return self.role in ("fetch", "all")
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Per-user state directory (XDG): job journals, parked lists, run summaries."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "bucket-mirror"

@@ -1,0 +1,167 @@
+"""What every HTTP-based source shares: one aiohttp session with timeouts, quick retries,
+translation of aiohttp's exceptions into ``mirror.errors``, and a streamed ``Body``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
+
+import aiohttp
+
+from mirror.errors import (
+    ErrorDetail,
+    MirrorError,
+    RateLimited,
+    SourceUnavailable,
+    Stalled,
+    TransientError,
+)
+from mirror.settings import SourceSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Retry-After beyond this is left to the broker's retry tiers instead of holding a slot.
+MAX_INLINE_WAIT_S = 30.0
+
+
+def make_session(settings: SourceSettings, user_agent: str) -> aiohttp.ClientSession:
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        connect=settings.connect_timeout_s,
+        sock_connect=settings.connect_timeout_s,
+        sock_read=settings.read_timeout_s,
+    )
+    connector = aiohttp.TCPConnector(
+        limit=settings.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True
+    )
+    # auto_decompress off: a mirror stores the bytes the source stores, never a decoded form.
+    return aiohttp.ClientSession(
+        timeout=timeout,
+        connector=connector,
+        auto_decompress=False,
+        headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
+    )
+
+
+def translate(exc: BaseException, what: str) -> MirrorError:
+    """Map an aiohttp/asyncio failure during ``what`` (e.g. "GET a/b.jpg") to our tree."""
+    if isinstance(exc, MirrorError):
+        return exc
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return Stalled(f"{what}: no data from the source within the read timeout")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return SourceUnavailable(f"{what}: the response body was cut short ({exc})")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return SourceUnavailable(f"{what}: the server closed the connection")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return SourceUnavailable(f"{what}: cannot connect ({exc.os_error or exc})")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return SourceUnavailable(f"{what}: {type(exc).__name__}: {exc}")
+    return SourceUnavailable(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Parse a Retry-After header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    import time
+
+    return max(0.0, when.timestamp() - time.time())
+
+
+def status_detail(resp: aiohttp.ClientResponse, code: str | None = None) -> ErrorDetail:
+    return ErrorDetail(
+        http_status=resp.status,
+        code=code,
+        request_id=resp.headers.get("X-Request-Id"),
+    )
+
+
+def transient_for_status(status: int, message: str, detail: ErrorDetail,
+                         retry_after: float | None) -> TransientError | None:
+    """The transient class for an HTTP status, or None when the status is not transient."""
+    if status == 429:
+        return RateLimited(message, detail, retry_after)
+    if status in (408, 499) or status >= 500:
+        return SourceUnavailable(message, detail)
+    return None
+
+
+async def with_retries(
+    settings: SourceSettings, what: str, attempt: Callable[[], Awaitable[T]]
+) -> T:
+    """Run ``attempt`` with a few quick retries on transient errors.
+
+    Each call of ``attempt`` must build its request afresh (UpYun signs a new Date per try).
+    What remains after the quick retries goes to the broker's retry tiers.
+    """
+    tries = 0
+    while True:
+        try:
+            return await attempt()
+        except asyncio.CancelledError:
+            raise
+        except Exception as raw:
+            exc = translate(raw, what)
+            if not isinstance(exc, TransientError) or tries >= settings.request_retries:
+                raise exc from (None if exc is raw else raw)
+            tries += 1
+            wait = settings.request_retry_backoff_s * (2 ** (tries - 1)) * random.uniform(0.5, 1.5)
+            if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
+                if exc.retry_after_s > MAX_INLINE_WAIT_S:
+                    raise exc from None
+                wait = max(wait, exc.retry_after_s)
+            log.debug("%s: %s; retry %d in %.2fs", what, exc, tries, wait)
+            await asyncio.sleep(wait)
+
+
+class HttpBody:
+    """A streamed response body; errors while reading are translated like the request's."""
+
+    def __init__(
+        self,
+        resp: aiohttp.ClientResponse,
+        what: str,
+        offset: int,
+        total_size: int | None,
+        md5: str | None,
+    ) -> None:
+        self._resp = resp
+        self._what = what
+        self.offset = offset
+        self.total_size = total_size
+        self.md5 = md5
+
+    async def chunks(self, size: int) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                chunk = await self._resp.content.read(size)
+                if not chunk:
+                    return
+                yield chunk
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise translate(exc, self._what) from exc
+
+    async def read_all(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise translate(exc, self._what) from exc

@@ -1,0 +1,183 @@
+"""The process: consume a job's queues with bounded concurrency and settle every delivery.
+
+The error policy lives here and only here: success acks; a transient error retries through
+the broker's delay tiers until ``max_attempts``, then parks; a permanent error parks at once;
+a fatal error (credentials, disk full) releases the delivery and stops the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+
+from mirror.broker import Broker, Consumer, Delivery, Topology
+from mirror.control import Presence, job_done
+from mirror.crawl import Context, describe, fetch_file, list_dir
+from mirror.disk import Placement
+from mirror.errors import (
+    BrokerError,
+    FatalError,
+    MirrorError,
+    PermanentError,
+    RateLimited,
+    TransientError,
+)
+from mirror.jobs import JobSpec, ListJob, Reason
+from mirror.settings import WorkerSettings
+from mirror.sources import Source
+from mirror.stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, broker: Broker, spec: JobSpec, source: Source, placement: Placement,
+                 settings: WorkerSettings, stats: Stats | None = None) -> None:
+        self.broker = broker
+        self.spec = spec
+        self.topology = Topology(spec)
+        self.settings = settings
+        self.stats = stats or Stats()
+        self.ctx = Context(spec, self.topology, source, broker, placement, settings, self.stats)
+        self.fatal: FatalError | None = None
+        self._held = 0
+        self._taken = 0
+        self._handlers: set[asyncio.Task[object]] = set()
+        self._consumers: list[Consumer] = []
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self._fetch_slots = asyncio.Semaphore(settings.concurrency)
+        self.presence = Presence(broker, settings.role, self.queues, self.snapshot,
+                                 settings.presence_interval_s, on_stop=self.request_stop)
+
+    @property
+    def queues(self) -> list[str]:
+        queues = [self.topology.list_queue] if self.settings.lists else []
+        if self.settings.fetches:
+            queues += [self.topology.fetch_queue(s) for s in self.ctx.placement.shards]
+        return queues
+
+    def snapshot(self) -> tuple[int, int]:
+        return self._held, self._taken
+
+    def request_stop(self, why: str = "stop requested") -> None:
+        if not self._stop.is_set():
+            log.info("stopping: %s", why)
+            self._stop.set()
+
+    def abort(self) -> None:
+        """Stop now: held jobs are given back at once instead of finishing."""
+        self.request_stop("aborted")
+        for task in list(self._handlers):
+            task.cancel()
+
+    async def run(self, until_idle: bool = False) -> None:
+        """Work until stopped (signal, ``mirror stop``, fatal error) or, with ``until_idle``,
+        until the whole job is done. Raises the fatal error, if one stopped the worker."""
+        await self.presence.start()
+        try:
+            for queue in self.queues:
+                prefetch = (self.settings.list_concurrency if queue == self.topology.list_queue
+                            else self.settings.concurrency)
+                self._consumers.append(await self.broker.consume(queue, prefetch, self._deliver))
+            while not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=0.5)
+                if until_idle and not self._stop.is_set() and await job_done(
+                    self.broker, self.topology, self.presence, self.snapshot
+                ):
+                    log.info("job %s is done", self.spec.name)
+                    break
+        finally:
+            await self._drain()
+            await self.presence.stop()
+        if self.fatal is not None:
+            raise self.fatal
+
+    async def _drain(self) -> None:
+        """Take nothing new; let held work finish within the deadline; give back the rest."""
+        self._stopping = True
+        for consumer in self._consumers:
+            with contextlib.suppress(Exception):
+                await consumer.cancel()
+        self._consumers.clear()
+        if self._handlers:
+            _, late = await asyncio.wait(set(self._handlers),
+                                         timeout=self.settings.drain_deadline_s)
+            for task in late:
+                task.cancel()  # the handler releases its delivery; .part files stay
+            if late:
+                log.warning("drain deadline passed: %d jobs given back to the queue", len(late))
+                await asyncio.wait(late, timeout=10)
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        if self._stopping:
+            await delivery.release()
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        self._held += 1
+        self._taken += 1
+        try:
+            await self._process(delivery)
+        finally:
+            self._held -= 1
+            if task is not None:
+                self._handlers.discard(task)
+
+    async def _process(self, delivery: Delivery) -> None:
+        job = delivery.job
+        try:
+            if isinstance(job, ListJob):
+                await list_dir(job, self.ctx)
+            else:
+                async with self._fetch_slots:
+                    await fetch_file(job, self.ctx)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._settle(delivery.release()))
+            raise
+        except BrokerError as exc:
+            log.warning("%s: %s; giving the job back", job.path or "/", exc)
+            await self._settle(delivery.release())
+        except TransientError as exc:
+            await self._retry_or_park(delivery, exc)
+        except PermanentError as exc:
+            await self._park(delivery, exc, delivery.attempts + 1)
+        except FatalError as exc:
+            self.fatal = self.fatal or exc
+            await self._settle(delivery.release())
+            self.request_stop(f"fatal: {exc}")
+        except Exception as exc:  # a bug: keep the job, retry it, park it in the end
+            log.exception("internal error on %s", job.path or "/")
+            await self._retry_or_park(delivery, exc)
+        else:
+            await self._settle(delivery.ack())
+
+    async def _retry_or_park(self, delivery: Delivery, exc: BaseException) -> None:
+        attempts = delivery.attempts + 1
+        if attempts >= self.spec.max_attempts:
+            await self._park(delivery, exc, attempts)
+            return
+        delay = self.topology.delay_for_attempt(attempts)
+        if isinstance(exc, RateLimited) and exc.retry_after_s:
+            delay = max(delay, exc.retry_after_s)
+        log.info("%s: %s; retry %d/%d in about %.0fs", delivery.job.path or "/", describe(exc),
+                 attempts, self.spec.max_attempts - 1, delay)
+        self.stats.retried += 1
+        await self._settle(delivery.retry(delay))
+
+    async def _park(self, delivery: Delivery, exc: BaseException, attempts: int) -> None:
+        reason = Reason.from_error(exc, attempts)
+        log.warning("parked %s: %s", delivery.job.path or "/", describe(exc))
+        self.stats.park(delivery.job.path, reason)
+        await self._settle(delivery.park(reason))
+
+    async def _settle(self, action: Awaitable[None]) -> None:
+        """Run an ack/retry/park/release; if the broker is gone the job comes back anyway."""
+        try:
+            await action
+        except MirrorError as exc:
+            log.warning("could not settle a delivery (%s); the broker will deliver it again", exc)

@@ -1,0 +1,65 @@
+"""Shared fixtures. Servers are real: the RabbitMQ at 127.0.0.1:5672, our fake UpYun on loopback.
+
+A missing RabbitMQ fails the run in CI (``CI`` set) and is a loud skip on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mirror.testing.sample import BucketInfo, build_bucket
+
+RABBIT_URL = os.environ.get("MIRROR_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+OPERATOR, PASSWORD, BUCKET = "tester", "s3cret-pass", "testbucket"
+CREDENTIALS = {"UPYUN_OPERATOR": OPERATOR, "UPYUN_PASSWORD": PASSWORD}
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def rabbit_url() -> str:
+    if not _reachable("127.0.0.1", 5672):
+        message = ("RabbitMQ is not reachable at 127.0.0.1:5672 "
+                   "(start it: rabbitmq-server -detached)")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return RABBIT_URL
+
+
+@pytest.fixture
+def job_name() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def big_bucket(tmp_path_factory: pytest.TempPathFactory) -> BucketInfo:
+    """The issue's end-to-end bucket: over 3,000 files, 40-deep folders, a 2,500-entry folder."""
+    root = tmp_path_factory.mktemp("bucket") / "data"
+    return build_bucket(root, files=3100, deep=40, wide=2500, big_files=2,
+                        big_size=9 * 1024 * 1024)
+
+
+@pytest.fixture(scope="session")
+def small_bucket(tmp_path_factory: pytest.TempPathFactory) -> BucketInfo:
+    root = tmp_path_factory.mktemp("small") / "data"
+    return build_bucket(root, files=150, deep=6, wide=40, big_files=1,
+                        big_size=2 * 1024 * 1024, seed=7)
+
+
+def pytest_report_header() -> str:
+    return f"broker for tests: {RABBIT_URL.split('@')[-1]}; CI={os.environ.get('CI', '')}"
+
+
+__all__ = ["BUCKET", "CREDENTIALS", "OPERATOR", "PASSWORD", "Path"]
