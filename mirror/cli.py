@@ -99,6 +99,34 @@ def cli(ctx: click.Context, /, config: Path | None, verbose: int, quiet: bool) -
         ctx.default_map, ctx.meta["credentials"] = load_config(config)
 
 
+SIZE_UNITS: Mapping[str, int] = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30,
+                                 "T": 1 << 40}
+
+
+class SizeType(click.ParamType[int]):
+    """Bytes with an optional binary suffix: 512, 10K, 20M, 1.5G (K = 1024)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("/S").removesuffix("IB")
+        unit = text[-1:] if text[-1:] in "BKMGT" else ""
+        number = text[: len(text) - len(unit)] if unit else text
+        try:
+            amount = float(number)
+        except ValueError:
+            self.fail(f"{value!r} is not a size like 512, 10K, 20M or 1.5G", param, ctx)
+        if amount < 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return int(amount * SIZE_UNITS[unit])
+
+
+SIZE = SizeType()
+
+
 def source_options(f: F) -> F:
     options = [
         click.option("--endpoint", envvar="MIRROR_ENDPOINT", metavar="URL",
@@ -135,6 +163,12 @@ def worker_options(f: F) -> F:
         click.option("--drain-deadline", type=click.FloatRange(0), default=60.0,
                      envvar="MIRROR_DRAIN_DEADLINE", show_default=True, metavar="S",
                      help="On SIGTERM, let in-flight work finish for this long."),
+        click.option("--min-rate", type=SIZE, default="1K", envvar="MIRROR_MIN_RATE",
+                     show_default=True, metavar="RATE",
+                     help="A transfer slower than this (bytes/s, e.g. 10K) for a whole "
+                     "--stall-window is aborted and resumed; 0 turns it off."),
+        click.option("--stall-window", type=click.FloatRange(1), default=60.0,
+                     envvar="MIRROR_STALL_WINDOW", show_default=True, metavar="S"),
         click.option("--progress/--no-progress", default=None,
                      help="Live progress view (default: when stderr is a terminal)."),
         click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -187,6 +221,7 @@ def make_worker_settings(o: Mapping[str, Any], role: str = "all") -> WorkerSetti
         role=role,  # type: ignore[arg-type]
         concurrency=o["concurrency"], list_concurrency=o["list_concurrency"],
         verify_checksum=o["checksum"], fsync=o["fsync"], drain_deadline_s=o["drain_deadline"],
+        min_rate_bps=float(o["min_rate"]), stall_window_s=o["stall_window"],
     )
 
 

@@ -48,6 +48,7 @@ class Presence:
         self._task: asyncio.Task[None] | None = None
         self._replies: set[asyncio.Task[None]] = set()
         self._heard = asyncio.Event()
+        self.state = "running"  # "stopping" once the worker drains
 
     @property
     def queues(self) -> list[str]:
@@ -70,11 +71,11 @@ class Presence:
         with contextlib.suppress(Exception):
             await self.announce("stopped")
 
-    async def announce(self, state: str = "running") -> None:
+    async def announce(self, state: str | None = None) -> None:
         held, taken = self._snapshot()
         await self._broker.broadcast({
             "type": "presence", "worker": self.worker_id, "role": self._role,
-            "queues": self._queues, "held": held, "taken": taken, "state": state,
+            "queues": self._queues, "held": held, "taken": taken, "state": state or self.state,
             "pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
         })
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -53,6 +54,11 @@ class Context:
 
 async def list_dir(job: ListJob, ctx: Context) -> Outcome:
     page = await ctx.source.list_page(job.path, job.cursor)
+    if job.last is not None and any(e.path == job.last for e in page.entries):
+        raise ProtocolError(
+            f"listing of {job.path or '/'}: page {job.page + 1} repeats {job.last!r} from the "
+            "page before; the source's paging goes round in circles, this folder's listing stops"
+        )
     follow: list[Job] = []
     refused: list[tuple[Job, UnsafePath]] = []
     prefix = f"{job.path}/" if job.path else ""
@@ -73,7 +79,8 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
                 f"listing of {job.path or '/'}: {empty} empty pages in a row, each promising "
                 "more; stopping this folder's listing"
             )
-        follow.append(ListJob(job.path, page.cursor, job.page + 1, empty))
+        last = page.entries[-1].path if page.entries else job.last
+        follow.append(ListJob(job.path, page.cursor, job.page + 1, empty, last))
     elif job.cursor is None and not page.entries:
         follow.append(FetchJob(job.path, is_dir=True))  # an empty folder is reproduced too
     await ctx.broker.publish(follow)
@@ -166,9 +173,11 @@ async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: C
         await disk.run(_write_and_commit, part, data, track, job, md5)
         return
     buf = bytearray()
+    watch = RateWatch(ctx.settings.min_rate_bps, ctx.settings.stall_window_s)
     async for chunk in body.chunks(ctx.settings.chunk_size):
         buf += chunk
         ctx.stats.transferred += len(chunk)
+        watch.add(len(chunk), job.path)
         if part.size + len(buf) > job.size:
             raise IntegrityError(f"{job.path}: the source sent more than the listed {job.size} "
                                  "bytes")
@@ -176,6 +185,32 @@ async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: C
             await disk.run(part.write, bytes(buf), track)
             buf.clear()
     await disk.run(_write_and_commit, part, bytes(buf), track, job, md5)
+
+
+class RateWatch:
+    """Raises ``Stalled`` when a transfer stays below ``min_bps`` for a whole window.
+
+    The read timeout catches a source that sends nothing; this catches one that trickles.
+    """
+
+    def __init__(self, min_bps: float, window_s: float) -> None:
+        self.min_bps = min_bps
+        self.window_s = window_s
+        self._start = time.monotonic()
+        self._bytes = 0
+
+    def add(self, n: int, what: str) -> None:
+        if self.min_bps <= 0:
+            return
+        self._bytes += n
+        elapsed = time.monotonic() - self._start
+        if elapsed < self.window_s:
+            return
+        rate = self._bytes / elapsed
+        if rate < self.min_bps:
+            raise Stalled(f"{what}: {rate:.0f} B/s over the last {elapsed:.0f} s, below the "
+                          f"minimum of {self.min_bps:.0f} B/s; resuming")
+        self._start, self._bytes = time.monotonic(), 0
 
 
 def _write_and_commit(part: PartFile, data: bytes, track: bool, job: FetchJob,

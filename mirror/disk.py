@@ -43,6 +43,8 @@ def check_name(name: str) -> None:
         raise UnsafePath(f"name {name!r} is not allowed as a file or folder name")
     if "\x00" in name:
         raise UnsafePath(f"name {name!r} contains a NUL byte")
+    if name.startswith("/"):
+        raise UnsafePath(f"name {name!r} is an absolute path")
     if "/" in name:
         raise UnsafePath(f"name {name!r} contains '/'")
     try:
@@ -51,7 +53,8 @@ def check_name(name: str) -> None:
         raise UnsafePath(f"name {name!r} is not valid UTF-8") from exc
     if len(raw) > NAME_MAX:
         raise UnsafePath(
-            f"name {name[:40]!r}... is {len(raw)} bytes; the local filesystem allows {NAME_MAX}"
+            f"name {name[:40]!r}... is too long: {len(raw)} bytes, the local filesystem allows "
+            f"{NAME_MAX}"
         )
     if name.endswith(PART_SUFFIX):
         raise UnsafePath(f"name {name!r} ends with {PART_SUFFIX}, reserved for partial downloads")

@@ -26,6 +26,7 @@ class ListJob:
     cursor: str | None = None
     page: int = 0  # pages of this folder listed before this one
     empty: int = 0  # empty pages in a row before this one; guards against endless listings
+    last: str | None = None  # last entry of the previous page: a page repeating it is a loop
 
 
 @dataclass(frozen=True)

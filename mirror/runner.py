@@ -10,7 +10,7 @@ import logging
 import re
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +19,8 @@ from mirror.broker import Broker, ParkedJob, Topology
 from mirror.broker.memory import MemoryBroker
 from mirror.disk import Disk, Placement
 from mirror.errors import ConfigError, FatalError, NotFound
-from mirror.jobs import JobSpec, ListJob, encode_job
+from mirror.jobs import Job, JobSpec, ListJob
+from mirror.parking import journal_path, write_journal
 from mirror.progress import Progress, summary
 from mirror.settings import SourceSettings, WorkerSettings
 from mirror.sources import Source, open_source
@@ -82,7 +83,8 @@ async def check_source(source: Source, url: str) -> None:
         raise ConfigError(f"{url} is a file, not a folder; mirror its parent folder instead")
 
 
-async def seed(broker: Broker, spec: JobSpec, *, force: bool = False) -> tuple[JobSpec, str]:
+async def seed(broker: Broker, spec: JobSpec, *, force: bool = False,
+               initial: Sequence[Job] | None = None) -> tuple[JobSpec, str]:
     """Create the job (or find it) and put its root listing in the queue unless it is running.
 
     Returns the spec in force and what was done, for the operator.
@@ -111,6 +113,9 @@ async def seed(broker: Broker, spec: JobSpec, *, force: bool = False) -> tuple[J
     if (pending or consumers) and not force:
         return spec, (f"job {spec.name} resumes: {pending} jobs queued, {consumers} consumers "
                       "attached; not seeding again")
+    if initial is not None:
+        await broker.publish(initial)
+        return spec, f"job {spec.name}: {len(initial)} parked jobs queued again"
     await broker.publish([ListJob("")])
     return spec, f"job {spec.name} seeded: listing {spec.source}"
 
@@ -172,8 +177,13 @@ def disk_executor(settings: WorkerSettings) -> ThreadPoolExecutor:
 
 async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,
                   source_settings: SourceSettings, options: WorkOptions,
-                  state_dir: Path) -> Outcome:
-    """``mirror run``: seed (embedded or on RabbitMQ) and work the job here until it is done."""
+                  state_dir: Path, initial: Sequence[Job] | None = None,
+                  keep_parked: Sequence[ParkedJob] = ()) -> Outcome:
+    """``mirror run``: seed (embedded or on RabbitMQ) and work the job here until it is done.
+
+    ``initial`` replaces the root listing (an embedded ``mirror retry``); ``keep_parked`` are
+    earlier parked jobs that stay in the journal next to this run's.
+    """
     await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
     journal: list[ParkedJob] = []
     broker = (MemoryBroker(on_park=journal.append) if broker_url is None
@@ -182,7 +192,7 @@ async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,
     executor = disk_executor(options.worker)
     try:
         await check_source(source, spec.source)
-        spec, what = await seed(broker, spec)
+        spec, what = await seed(broker, spec, initial=initial)
         log.info("%s", what)
         disk = Disk(dest, fsync=options.worker.fsync, executor=executor)
         await disk.run(disk.check_writable)
@@ -191,29 +201,48 @@ async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,
         await source.close()
         await broker.close()
         executor.shutdown(wait=False)
-    await asyncio.to_thread(write_state, state_dir, spec, outcome, journal,
-                            broker_url is None)
+    await asyncio.to_thread(write_state, state_dir, spec, dest, outcome,
+                            [*keep_parked, *journal], broker_url is None)
     return outcome
 
 
-def write_state(state_dir: Path, spec: JobSpec, outcome: Outcome, parked: list[ParkedJob],
-                embedded: bool) -> Path:
+def write_state(state_dir: Path, spec: JobSpec, dest: Path, outcome: Outcome,
+                parked: list[ParkedJob], embedded: bool) -> Path:
     """Keep the run's summary (and, for embedded runs, every parked job) in the state dir."""
     folder = state_dir / "jobs" / spec.name
     folder.mkdir(parents=True, exist_ok=True)
     s = outcome.stats
     (folder / "last-run.json").write_text(json.dumps({
-        "job": spec.name, "source": spec.source, "finished": time.time(),
+        "job": spec.name, "source": spec.source, "dest": str(dest.resolve()),
+        "spec": json.loads(spec.to_json()), "finished": time.time(),
         "embedded": embedded, "fetched": s.fetched, "skipped": s.skipped,
         "parked": outcome.parked_total, "bytes": s.transferred, "elapsed_s": s.elapsed_s,
         "fatal": str(outcome.fatal) if outcome.fatal else None,
     }, indent=2))
     if embedded:
-        with (folder / "parked.jsonl").open("w") as out:
-            for p in parked:
-                out.write(json.dumps({"queue": p.queue, "job": json.loads(encode_job(p.job)),
-                                      "reason": p.reason.to_dict()}, ensure_ascii=False) + "\n")
+        write_journal(journal_path(state_dir, spec.name), parked)
     return folder
+
+
+@dataclass(frozen=True)
+class LastRun:
+    spec: JobSpec
+    dest: Path
+    embedded: bool
+
+
+def read_last_run(state_dir: Path, job: str) -> LastRun:
+    path = state_dir / "jobs" / job / "last-run.json"
+    try:
+        body = json.loads(path.read_text())
+        return LastRun(JobSpec.from_json(json.dumps(body["spec"]).encode()), Path(body["dest"]),
+                       bool(body["embedded"]))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no run of job {job!r} is recorded in {path.parent}; check --job "
+                          "and --state-dir (or pass --broker for a RabbitMQ job)") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is unreadable ({exc}); run the job again with "
+                          "`mirror run`") from exc
 
 
 def report(outcome: Outcome) -> str:

@@ -48,6 +48,9 @@ class WorkerSettings:
     presence_interval_s: float = 1.0
     publish_window: int = 256  # unconfirmed publishes allowed at once
     fsync: bool = True
+    # A transfer slower than this over a whole window is stalled: aborted, resumed or retried.
+    min_rate_bps: float = 1024.0
+    stall_window_s: float = 60.0
 
     @property
     def lists(self) -> bool:

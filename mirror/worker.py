@@ -66,6 +66,7 @@ class Worker:
         if not self._stop.is_set():
             log.info("stopping: %s", why)
             self._stop.set()
+            self.presence.state = "stopping"
 
     def abort(self) -> None:
         """Stop now: held jobs are given back at once instead of finishing."""
@@ -85,9 +86,7 @@ class Worker:
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=0.5)
-                if until_idle and not self._stop.is_set() and await job_done(
-                    self.broker, self.topology, self.presence, self.snapshot
-                ):
+                if until_idle and not self._stop.is_set() and await self._job_done():
                     log.info("job %s is done", self.spec.name)
                     break
         finally:
@@ -95,6 +94,13 @@ class Worker:
             await self.presence.stop()
         if self.fatal is not None:
             raise self.fatal
+
+    async def _job_done(self) -> bool:
+        try:
+            return await job_done(self.broker, self.topology, self.presence, self.snapshot)
+        except MirrorError as exc:  # the broker is restarting: ask again later
+            log.info("cannot tell whether the job is done yet: %s", exc)
+            return False
 
     async def _drain(self) -> None:
         """Take nothing new; let held work finish within the deadline; give back the rest."""

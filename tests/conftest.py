@@ -6,6 +6,7 @@ A missing RabbitMQ fails the run in CI (``CI`` set) and is a loud skip on a lapt
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
 from pathlib import Path
@@ -36,6 +37,16 @@ def rabbit_url() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return RABBIT_URL
+
+
+@pytest.fixture(scope="session")
+def rabbit_available() -> None:
+    """rabbitmq-server can start private nodes (tests that kill or reconfigure a broker)."""
+    if shutil.which("rabbitmq-server") is None:
+        message = "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 @pytest.fixture

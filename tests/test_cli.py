@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from mirror.testing.fake_upyun import FakeUpyun, Faults
 
 from mirror.testing.compare import tree_differences
+from mirror.testing.fake_upyun import FakeUpyun, Faults
 from mirror.testing.sample import BucketInfo, build_bucket
 from tests.conftest import BUCKET, CREDENTIALS, OPERATOR, PASSWORD
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from mirror.testing.fake_upyun import FakeUpyun, Faults
 
 from mirror.jobs import JobSpec
 from mirror.runner import Outcome, WorkOptions, run_job
 from mirror.settings import SourceSettings, WorkerSettings
 from mirror.testing.compare import tree_differences
+from mirror.testing.fake_upyun import FakeUpyun, Faults
 from mirror.testing.sample import BucketInfo
 from tests.conftest import BUCKET, CREDENTIALS, OPERATOR, PASSWORD
 
@@ -74,7 +74,9 @@ def check_complete(run: Run, bucket: BucketInfo, dest: Path, faulted: bool) -> N
     if faulted:
         injected = sum(faults.values())
         assert injected > 0.1 * bucket.files, faults  # about 20% of first attempts
-        assert o.stats.retried >= injected
+        # A dropped keep-alive connection is retried once by aiohttp itself (idempotent
+        # request, no byte received); every other fault must go through a retry tier.
+        assert o.stats.retried >= injected - faults["drop"]
     else:
         assert sum(faults.values()) == 0
 

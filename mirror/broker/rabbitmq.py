@@ -23,7 +23,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -452,28 +452,58 @@ class RabbitBroker:
                 if message is None:
                     break
                 held.append(message)
-                headers = message.headers or {}
-                raw_reason = headers.get(REASON)
-                reason_text = raw_reason.decode() if isinstance(raw_reason, bytes) else raw_reason
-                try:
-                    job = decode_job(message.body)
-                    reason = Reason.from_dict(json.loads(str(reason_text)))
-                except (ProtocolError, ValueError, TypeError, KeyError):
-                    continue
-                origin = headers.get(FROM_QUEUE)
-                origin_text = origin.decode() if isinstance(origin, bytes) else str(origin)
-                out.append(ParkedJob(job, origin_text, reason))
+                parked = self._parked_of(message)
+                if parked is not None:
+                    out.append(parked)
         finally:
             with contextlib.suppress(*_RECOVERABLE):
                 await channel.close()  # returns every message read above to the queue
         return out
 
+    async def requeue_parked(self, select: Callable[[ParkedJob], bool]) -> int:
+        """Put the selected parked jobs back on their work queues, attempts reset."""
+        topology = self.topology
+        channel = await self._pub_conn.channel()
+        moved = 0
+        try:
+            queue = await channel.declare_queue(topology.parked_queue, passive=True)
+            while True:
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    break  # the ones not selected stay unacked until the channel closes
+                parked = self._parked_of(message)
+                if parked is None or not select(parked):
+                    continue
+                target = (parked.queue if parked.queue in topology.work_queues
+                          else topology.queue_for(parked.job))
+                await self._publish_raw("", target, encode_job(parked.job), {})
+                await message.ack()  # only once the job is durable on its queue again
+                moved += 1
+        finally:
+            with contextlib.suppress(*_RECOVERABLE):
+                await channel.close()
+        return moved
+
+    @staticmethod
+    def _parked_of(message: AbstractIncomingMessage) -> ParkedJob | None:
+        headers = message.headers or {}
+        raw_reason = headers.get(REASON)
+        reason_text = raw_reason.decode() if isinstance(raw_reason, bytes) else raw_reason
+        origin = headers.get(FROM_QUEUE)
+        origin_text = origin.decode() if isinstance(origin, bytes) else str(origin)
+        try:
+            job = decode_job(message.body)
+            reason = Reason.from_dict(json.loads(str(reason_text)))
+        except (ProtocolError, ValueError, TypeError, KeyError):
+            return None
+        return ParkedJob(job, origin_text, reason)
+
     # -- control -----------------------------------------------------------------------
 
     async def broadcast(self, message: dict[str, Any]) -> None:
-        channel = await self._publisher()
-        exchange = await channel.get_exchange(_control_exchange(self.job), ensure=False)
         try:
+            channel = await self._publisher()
+            exchange = await channel.get_exchange(_control_exchange(self.job), ensure=False)
             await exchange.publish(aio_pika.Message(json.dumps(message).encode()), "",
                                    mandatory=False, timeout=10)
         except _RECOVERABLE as exc:

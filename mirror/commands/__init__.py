@@ -1,5 +1,5 @@
 """Subcommands of ``mirror``; importing this package registers them on ``mirror.cli.cli``."""
 
-from mirror.commands import mirroring, tools
+from mirror.commands import admin, mirroring, tools
 
-__all__ = ["mirroring", "tools"]
+__all__ = ["admin", "mirroring", "tools"]
