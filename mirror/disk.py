@@ -103,6 +103,7 @@ class PartFile:
         self._fd = fd
         self.size = size
         self._md5: hashlib._Hash | None = None
+        self._renamed = False
 
     @property
     def target(self) -> str:
@@ -133,7 +134,12 @@ class PartFile:
         try:
             if track_md5 and self._md5 is None:
                 self._md5 = self._hash_prefix()
-            os.pwrite(self._fd, data, self.size)
+            view, pos = memoryview(data), self.size
+            while view:  # pwrite may write less than asked (a disk filling up): go on
+                written = os.pwrite(self._fd, view, pos)
+                if written <= 0:
+                    raise OSError(errno.ENOSPC, "no byte written")
+                view, pos = view[written:], pos + written
         except OSError as exc:
             raise os_error(exc, f"writing {self.target}", self._disk.root) from exc
         if self._md5 is not None:
@@ -159,6 +165,7 @@ class PartFile:
                 ns = int(mtime * 1_000_000_000)
                 os.utime(self._fd, ns=(ns, ns))
             os.rename(self._part_path(), self.target)
+            self._renamed = True
         except OSError as exc:
             raise os_error(exc, f"finishing {self.target}", self._disk.root) from exc
         finally:
@@ -170,8 +177,11 @@ class PartFile:
         self.close()
 
     def close(self) -> None:
-        """Close and unlock; the part file stays for a later resume."""
+        """Close and unlock; a part file with bytes in it stays for a later resume."""
         if self._fd >= 0:
+            if self.size == 0 and not self._renamed:  # nothing to resume: leave no trace
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._part_path())
             os.close(self._fd)
             self._fd = -1
 
@@ -217,7 +227,8 @@ class Disk:
             if stat.S_ISLNK(st.st_mode):
                 raise UnsafePath(f"{rel} is a symlink in the mirror; refusing to write through it")
             if not stat.S_ISDIR(st.st_mode):
-                raise UnsafePath(f"cannot create folder {rel}: a file of that name exists")
+                raise UnsafePath(f"cannot create folder {rel}: a file of that name exists (a "
+                                 "file and a folder of the same name on the source)")
             self._dirs[path] = None
             if len(self._dirs) > _DIR_CACHE:
                 self._dirs.popitem(last=False)

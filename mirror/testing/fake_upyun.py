@@ -216,6 +216,9 @@ class FakeUpyun:
                 raise _Refused(404, 40400001, "file or directory not found") from None
         is_dir = (info is None and key in self.listing_override) or (
             info is not None and stat.S_ISDIR(info.st_mode))
+        if request.headers.get("x-upyun-folder", "").lower() == "false" and (
+                key in self.body_override):
+            is_dir = False  # an override can make one name both a folder and a file
         if request.method == "HEAD":
             return await self._head(request, key, path, info, is_dir)
         if is_dir:
@@ -451,7 +454,7 @@ class FakeUpyun:
         if answer is not None:
             return answer
         override = self.body_override.get(key)
-        if info is None:
+        if info is None or not stat.S_ISREG(info.st_mode):
             data = b""
             size, mtime, md5 = 0, time.time(), hashlib.md5(b"").hexdigest()
         else:
@@ -459,7 +462,7 @@ class FakeUpyun:
         start, end = 0, size - 1
         status = 200
         rng = request.headers.get("Range")
-        if rng:
+        if rng and size:
             start, end = _parse_range(rng, size)
             status = 206
         headers = {"Content-Type": _content_type(path.name), "ETag": f'"{md5}"',
@@ -469,10 +472,18 @@ class FakeUpyun:
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         declared = end - start + 1
         if override is not None:
-            if info is not None:
-                data = await asyncio.to_thread(path.read_bytes)
-            data, headers = override(data[start:end + 1], headers)
-            declared = int(headers.pop("Content-Length", declared))
+            if info is not None and stat.S_ISREG(info.st_mode):
+                data = (await asyncio.to_thread(path.read_bytes))[start:end + 1]
+            else:
+                data, declared = b"", -1
+            data, headers = override(data, headers)
+            if declared < 0 and headers.get("Content-Md5") == md5:  # describe made-up data
+                made_up = hashlib.md5(data).hexdigest()
+                headers.update({"Content-Md5": made_up, "ETag": f'"{made_up}"'})
+            # Without its own Content-Length, an override keeps the real one (a short body
+            # is then cut short); a made-up file declares what it sends.
+            declared = int(headers.pop("Content-Length", len(data) if declared < 0
+                                       else declared))
         stream = web.StreamResponse(status=status, headers=headers)
         stream.content_length = declared
         await stream.prepare(request)
