@@ -60,7 +60,7 @@ async def test_kills_and_broker_restart_lose_nothing(tmp_path: Path,
     logs.mkdir()
     faults = Faults(rate_429=0.03, rate_503=0.03, rate_truncate=0.03, rate_drop=0.03,
                     latency_s=0.01, seed=5)
-    node = PrivateRabbit(tmp_path / "rabbit")
+    node = PrivateRabbit()
     await node.start()
     kills: list[tuple[float, int]] = []  # (time, jobs the killed worker could hold)
     try:
@@ -89,12 +89,14 @@ async def test_kills_and_broker_restart_lose_nothing(tmp_path: Path,
                     assert time.monotonic() - started < 300, "the mirror made no progress"
                     assert any(w.returncode is None for w in workers), "workers exited early"
                     await asyncio.sleep(0.05)
+                exited = [w.returncode for w in workers if w.returncode is not None]
+                assert not exited, f"a worker exited on its own ({exited}) mid-run: " + "".join(
+                    p.read_text(errors="replace")[-3000:] for p in logs.iterdir())
                 if what == "kill":
                     i = rng.randrange(len(workers))
-                    if workers[i].returncode is None:
-                        workers[i].send_signal(signal.SIGKILL)
-                        await workers[i].wait()
-                        kills.append((time.monotonic() - started, CONCURRENCY))
+                    workers[i].send_signal(signal.SIGKILL)
+                    await workers[i].wait()
+                    kills.append((time.monotonic() - started, CONCURRENCY))
                     workers[i] = await start_worker(node.url, job, dest, state,
                                                     logs / f"w{i}.log", env)
                 else:
@@ -107,7 +109,7 @@ async def test_kills_and_broker_restart_lose_nothing(tmp_path: Path,
             assert [w.returncode for w in workers] == [0, 0], logs_text[-5000:]
             stats = fake.stats
     finally:
-        await node.stop()
+        await node.close()
 
     assert len(kills) == KILLS
     assert tree_differences(bucket.root, dest) == []  # lost 0, corrupt 0, no .part left

@@ -23,8 +23,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -42,6 +42,7 @@ from mirror.errors import BrokerError, BrokerUnavailable, ConfigError, ProtocolE
 from mirror.jobs import Job, JobSpec, Reason, decode_job, encode_job
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ATTEMPTS = "x-mirror-attempts"
 FROM_QUEUE = "x-mirror-queue"
@@ -209,7 +210,30 @@ class RabbitBroker:
                 publisher_confirms=True, on_return_raises=True)
         return self._pub_channel
 
+    async def _patiently(self, what: str, action: Callable[[], Awaitable[T]]) -> T:
+        """Run a set-up step, riding out a broker restart for a while (as publishes do)."""
+        deadline = time.monotonic() + PUBLISH_PATIENCE_S
+        delay = 0.5
+        while True:
+            try:
+                return await action()
+            except _RECOVERABLE as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BrokerUnavailable(
+                        f"lost RabbitMQ at {self.name} while {what} ({_short(exc)}); check the "
+                        "broker, then start this worker again"
+                    ) from exc
+                log.info("%s: broker not ready (%s); trying again", what, _short(exc))
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, 5.0)
+                with contextlib.suppress(TimeoutError, *_RECOVERABLE):
+                    await asyncio.wait_for(self._con_conn.ready(), timeout=max(0.1, left))
+
     async def declare(self, spec: JobSpec) -> None:
+        await self._patiently(f"creating job {spec.name!r}", lambda: self._declare(spec))
+
+    async def _declare(self, spec: JobSpec) -> None:
         if spec.name != self.job:
             raise ConfigError(f"spec of job {spec.name!r} declared on broker of job {self.job!r}")
         topology = Topology(spec)
@@ -247,6 +271,9 @@ class RabbitBroker:
 
     async def attach(self) -> JobSpec:
         """Read the spec from ``J.meta`` without taking it away from other workers."""
+        return await self._patiently(f"reading job {self.job!r}", self._attach)
+
+    async def _attach(self) -> JobSpec:
         deadline = time.monotonic() + ATTACH_PATIENCE_S
         while True:
             channel = await self._pub_conn.channel()
@@ -354,6 +381,10 @@ class RabbitBroker:
     # -- consuming ---------------------------------------------------------------------
 
     async def consume(self, queue: str, prefetch: int, handler: Handler) -> _Consumer:
+        return await self._patiently(f"consuming {queue}",
+                                     lambda: self._consume(queue, prefetch, handler))
+
+    async def _consume(self, queue: str, prefetch: int, handler: Handler) -> _Consumer:
         topology = self.topology
         if queue not in topology.work_queues:
             raise ConfigError(f"no queue {queue!r} in job {self.job!r}")
@@ -369,7 +400,12 @@ class RabbitBroker:
                               f"{self.job!r} deleted? seed it again with `mirror seed`") from exc
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await self._handle(queue, message, handler)
+            # Our own task, not aio-pika's: a channel that closes (consumer timeout, broker
+            # restart) cancels its callback tasks, which would abort a download that is fine
+            # and make its redelivered copy download the file again.
+            task = asyncio.create_task(self._handle(queue, message, handler))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
         tag = await amqp_queue.consume(on_message, no_ack=False)
         return _Consumer(channel, amqp_queue, tag)
@@ -511,6 +547,10 @@ class RabbitBroker:
                               f"{_short(exc)}") from exc
 
     async def subscribe(self, callback: ControlCallback) -> None:
+        await self._patiently("subscribing to control messages",
+                              lambda: self._subscribe(callback))
+
+    async def _subscribe(self, callback: ControlCallback) -> None:
         channel = await self._con_conn.channel()
         self._channels.append(channel)
         queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
@@ -547,6 +587,9 @@ class RabbitBroker:
                 await channel.close()
 
     async def close(self) -> None:
+        for task in list(self._tasks):  # the worker drained them; these are stragglers
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await _close_all([self._con_conn, self._pub_conn])
 
 

@@ -486,10 +486,10 @@ class FakeUpyun:
                                        else declared))
         stream = web.StreamResponse(status=status, headers=headers)
         stream.content_length = declared
-        await stream.prepare(request)
-        self.stats.bodies[key] = self.stats.bodies.get(key, 0) + 1
         limit = declared // 2 if fault == "truncate" else declared
         try:
+            await stream.prepare(request)
+            self.stats.bodies[key] = self.stats.bodies.get(key, 0) + 1
             if override is not None:
                 sent = min(len(data), limit)
                 await stream.write(data[:sent])

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -27,9 +28,12 @@ def free_port() -> int:
 
 
 class PrivateRabbit:
-    def __init__(self, base: Path, *, consumer_timeout_ms: int | None = None,
+    def __init__(self, *, consumer_timeout_ms: int | None = None,
                  start_timeout_s: float = 60) -> None:
-        self.base = base
+        # Its own folder under the system temp dir: the node runs as the rabbitmq user, who
+        # cannot enter a test's private tmp_path.
+        self.base = Path(tempfile.mkdtemp(prefix="bucket-mirror-rabbit-"))
+        self.base.chmod(0o755)
         self.port = free_port()
         self.dist_port = free_port()
         self.node = f"bmtest-{uuid.uuid4().hex[:8]}@localhost"
@@ -132,13 +136,21 @@ class PrivateRabbit:
         """The broker dies at once (power loss for everything not yet fsynced)."""
         await self._signal_and_wait(signal.SIGKILL, 15)
 
+    async def close(self) -> None:
+        """Stop the node and remove its folder."""
+        await self.stop()
+        await asyncio.to_thread(shutil.rmtree, self.base, True)
+
+    def log_text(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in (self.base / "log").glob("*.log"))
+
     async def __aenter__(self) -> PrivateRabbit:
         await self.start()
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        await self.stop()
+        await self.close()
 
 
 __all__ = ["PrivateRabbit", "free_port"]
