@@ -12,6 +12,7 @@ import click
 
 from mirror import runner
 from mirror.cli import (
+    SIZE,
     cli,
     live_progress,
     make_source_settings,
@@ -144,11 +145,13 @@ def ls(ctx: click.Context, /, source: str, recursive: bool, long_format: bool, *
               help="Share of first attempts whose connection is dropped.")
 @click.option("--latency", type=click.FloatRange(0), default=0.0, metavar="S",
               help="Added before every response.")
+@click.option("--body-rate", type=SIZE, default="0", metavar="RATE",
+              help="Send each body no faster than this (bytes/s, e.g. 100K); 0: no limit.")
 @click.option("--seed", type=int, default=0, help="Seed of the fault draw.")
 @click.pass_context
 def fake_upyun(ctx: click.Context, /, root: Path, host: str, port: int, bucket: str, operator: str,
                password: str, fault_429: float, fault_503: float, fault_truncate: float,
-               fault_drop: float, latency: float, seed: int) -> int:
+               fault_drop: float, latency: float, body_rate: int, seed: int) -> int:
     """Serve folder ROOT as an UpYun bucket (a faithful fake of the REST API, for tests)."""
     from mirror.testing.fake_upyun import Faults, run_fake_server
 
@@ -156,7 +159,8 @@ def fake_upyun(ctx: click.Context, /, root: Path, host: str, port: int, bucket: 
     if fault_429 + fault_503 + fault_truncate + fault_drop > 1:
         raise ConfigError("the fault shares add up to more than 1")
     faults = Faults(rate_429=fault_429, rate_503=fault_503, rate_truncate=fault_truncate,
-                    rate_drop=fault_drop, latency_s=latency, seed=seed)
+                    rate_drop=fault_drop, latency_s=latency, seed=seed,
+                    body_rate_bps=float(body_rate))
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         run_async(run_fake_server(root, host=host, port=port, bucket=bucket, operator=operator,
                                   password=password, faults=faults))
