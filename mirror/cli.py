@@ -163,6 +163,10 @@ def worker_options(f: F) -> F:
         click.option("--drain-deadline", type=click.FloatRange(0), default=60.0,
                      envvar="MIRROR_DRAIN_DEADLINE", show_default=True, metavar="S",
                      help="On SIGTERM, let in-flight work finish for this long."),
+        click.option("--max-backlog", type=click.IntRange(1), default=50_000,
+                     envvar="MIRROR_MAX_BACKLOG", show_default=True,
+                     help="Listing pauses while a fetch queue of the job holds more ready "
+                     "jobs than this."),
         click.option("--min-rate", type=SIZE, default="1K", envvar="MIRROR_MIN_RATE",
                      show_default=True, metavar="RATE",
                      help="A transfer slower than this (bytes/s, e.g. 10K) for a whole "
@@ -189,6 +193,13 @@ def job_options(f: F) -> F:
         click.option("--max-attempts", type=click.IntRange(1, 100), default=5,
                      envvar="MIRROR_MAX_ATTEMPTS", show_default=True,
                      help="Attempts per job before it is parked."),
+        click.option("--shards", type=click.IntRange(1, 4096), default=1,
+                     envvar="MIRROR_SHARDS", show_default=True,
+                     help="Fetch queues of the job (fixed when it is created); workers claim "
+                     "shards with --disk SHARDS=PATH."),
+        click.option("--shard-by", type=click.Choice(["folder", "path"]), default="folder",
+                     envvar="MIRROR_SHARD_BY", show_default=True,
+                     help="Hash a file's folder (a folder stays on one disk) or its path."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -222,13 +233,15 @@ def make_worker_settings(o: Mapping[str, Any], role: str = "all") -> WorkerSetti
         concurrency=o["concurrency"], list_concurrency=o["list_concurrency"],
         verify_checksum=o["checksum"], fsync=o["fsync"], drain_deadline_s=o["drain_deadline"],
         min_rate_bps=float(o["min_rate"]), stall_window_s=o["stall_window"],
+        max_backlog=o["max_backlog"],
     )
 
 
 def make_spec(name: str, source: str, o: Mapping[str, Any]) -> JobSpec:
     return JobSpec(name=name, source=source, endpoint=o.get("endpoint"),
                    retry_delays_s=parse_delays(o["retry_delays"]),
-                   max_attempts=o["max_attempts"], list_limit=o["list_limit"])
+                   max_attempts=o["max_attempts"], list_limit=o["list_limit"],
+                   shards=o.get("shards", 1), shard_by=o.get("shard_by", "folder"))
 
 
 def live_progress(o: Mapping[str, Any], ctx: click.Context) -> bool:

@@ -7,8 +7,10 @@ parks or stops). Neither acks nor retries itself; both are safe to run twice for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,6 +36,42 @@ Outcome = Literal["fetched", "skipped", "dir", "listed"]
 MAX_EMPTY_PAGES = 3
 
 
+class BacklogGate:
+    """Listing waits while any fetch queue holds more than ``limit`` ready jobs.
+
+    Pages publish one at a time through the gate, each after a fresh look at the queues, so
+    the backlog stays within the limit plus one page per listing process.
+    """
+
+    def __init__(self, broker: Broker, topology: Topology, limit: int) -> None:
+        self._broker = broker
+        self._topology = topology
+        self.limit = limit
+        self._lock = asyncio.Lock()
+        self.paused_s = 0.0
+
+    async def backlog(self) -> int:
+        depths = await self._broker.depths()
+        return max((depths[q].ready for q in self._topology.fetch_queues if q in depths),
+                   default=0)
+
+    @contextlib.asynccontextmanager
+    async def room(self) -> AsyncIterator[None]:
+        async with self._lock:
+            waited = False
+            started = time.monotonic()
+            while (ready := await self.backlog()) > self.limit:
+                if not waited:
+                    log.info("listing paused: a fetch queue holds %d jobs, above --max-backlog "
+                             "%d", ready, self.limit)
+                    waited = True
+                await asyncio.sleep(1.0)
+            if waited:
+                self.paused_s += time.monotonic() - started
+                log.info("listing resumed")
+            yield
+
+
 @dataclass
 class Context:
     spec: JobSpec
@@ -46,6 +84,10 @@ class Context:
     # (disk root, path) -> done signal: a second delivery of a file this process is already
     # fetching (consumer-timeout redelivery, duplicate listing) waits instead of downloading.
     inflight: dict[tuple[str, str], asyncio.Future[None]] = field(default_factory=dict)
+    backlog: BacklogGate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.backlog = BacklogGate(self.broker, self.topology, self.settings.max_backlog)
 
     def disk_for(self, job: FetchJob) -> Disk:
         shard = shard_of(job.path, self.spec.shards, self.spec.shard_by, job.is_dir)
@@ -83,7 +125,11 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
         follow.append(ListJob(job.path, page.cursor, job.page + 1, empty, last))
     elif job.cursor is None and not page.entries:
         follow.append(FetchJob(job.path, is_dir=True))  # an empty folder is reproduced too
-    await ctx.broker.publish(follow)
+    if any(isinstance(j, FetchJob) for j in follow):
+        async with ctx.backlog.room():
+            await ctx.broker.publish(follow)
+    else:
+        await ctx.broker.publish(follow)
     for item, problem in refused:
         log.warning("refused %r: %s", item.path, problem)
         reason = Reason.from_error(problem, attempts=0)

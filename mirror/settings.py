@@ -51,6 +51,7 @@ class WorkerSettings:
     # A transfer slower than this over a whole window is stalled: aborted, resumed or retried.
     min_rate_bps: float = 1024.0
     stall_window_s: float = 60.0
+    max_backlog: int = 50_000  # listing pauses while a fetch queue holds more ready jobs
 
     @property
     def lists(self) -> bool:

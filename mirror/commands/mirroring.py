@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,8 @@ from mirror.cli import (
     state_dir_of,
     worker_options,
 )
-from mirror.disk import Disk, Placement
+from mirror.disk import Placement
+from mirror.placement import build_placement, parse_claim
 
 
 @cli.command()
@@ -93,8 +93,11 @@ def seed(ctx: click.Context, /, source: str, job_name: str, broker: str, force: 
 @cli.command()
 @click.option("--job", "job_name", envvar="MIRROR_JOB", required=True, metavar="NAME")
 @click.option("--broker", envvar="MIRROR_BROKER_URL", required=True, metavar="URL")
-@click.option("--dest", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="MIRROR_DEST", help="Mirror root for every shard of the job.")
+@click.option("--disk", "disks", multiple=True, metavar="SHARDS=PATH",
+              help="Fetch these shards into this existing folder, e.g. 0-3=/mnt/a; "
+                   "repeatable. The worker consumes exactly the shards it has a disk for.")
 @click.option("--role", type=click.Choice(["list", "fetch", "all"]), default="all",
               envvar="MIRROR_ROLE", show_default=True)
 @click.option("--until-idle", is_flag=True,
@@ -103,29 +106,32 @@ def seed(ctx: click.Context, /, source: str, job_name: str, broker: str, force: 
 @source_options
 @worker_options
 @click.pass_context
-def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path, role: str,
-         until_idle: bool, **o: Any) -> int:
+def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path | None,
+         disks: tuple[str, ...], role: str, until_idle: bool, **o: Any) -> int:
     """Work job NAME: list and/or fetch until stopped (or, with --until-idle, until done).
 
     The job's source, endpoint, shards and retry tiers come from the broker; this host only
-    needs the credentials in its environment.
+    needs the credentials in its environment. A fetching worker needs --dest or --disk.
     """
     live = live_progress(o, ctx)
     start_logging(ctx, live)
     settings = make_worker_settings(o, role)
     options = runner.WorkOptions(settings, until_idle=until_idle, live_progress=live)
+    claims = [parse_claim(d) for d in disks]
+    if settings.fetches and dest is None and not claims:
+        raise click.UsageError(f"--role {role} fetches files: give --dest DIR or --disk "
+                               "SHARDS=PATH")
 
     async def go() -> runner.Outcome:
         b = await runner.connect_broker(broker, runner.check_job_name(job_name), role)
         executor = runner.disk_executor(settings)
         try:
             spec = await b.attach()
+            placement = (await build_placement(claims, dest, spec.shards, fsync=settings.fsync,
+                                               executor=executor)
+                         if settings.fetches else Placement({}))
             src = runner.source_for(spec, make_source_settings(ctx, o))
             try:
-                await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
-                disk = Disk(dest, fsync=settings.fsync, executor=executor)
-                await disk.run(disk.check_writable)
-                placement = Placement.single(disk, spec.shards)
                 return await runner.work(b, spec, src, placement, options)
             finally:
                 await src.close()

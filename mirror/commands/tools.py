@@ -129,7 +129,12 @@ def ls(ctx: click.Context, /, source: str, recursive: bool, long_format: bool, *
 
 
 @cli.command("fake-upyun")
-@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                required=False)
+@click.option("--synthetic", type=click.IntRange(1), default=None, metavar="N",
+              help="Serve a made-up bucket of N files (1,000 per folder) instead of ROOT.")
+@click.option("--max-size", type=SIZE, default="4K", show_default=True,
+              help="Largest synthetic file.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--bucket", default="demo", show_default=True)
@@ -149,11 +154,18 @@ def ls(ctx: click.Context, /, source: str, recursive: bool, long_format: bool, *
               help="Send each body no faster than this (bytes/s, e.g. 100K); 0: no limit.")
 @click.option("--seed", type=int, default=0, help="Seed of the fault draw.")
 @click.pass_context
-def fake_upyun(ctx: click.Context, /, root: Path, host: str, port: int, bucket: str, operator: str,
+def fake_upyun(ctx: click.Context, /, root: Path | None, synthetic: int | None, max_size: int,
+               host: str, port: int, bucket: str, operator: str,
                password: str, fault_429: float, fault_503: float, fault_truncate: float,
                fault_drop: float, latency: float, body_rate: int, seed: int) -> int:
     """Serve folder ROOT as an UpYun bucket (a faithful fake of the REST API, for tests)."""
     from mirror.testing.fake_upyun import Faults, run_fake_server
+    from mirror.testing.synthetic import SyntheticBucket
+
+    if (root is None) == (synthetic is None):
+        raise click.UsageError("give a ROOT folder or --synthetic N")
+    made_up = (SyntheticBucket(synthetic, seed=seed, max_size=max_size)
+               if synthetic is not None else None)
 
     start_logging(ctx, False)
     if fault_429 + fault_503 + fault_truncate + fault_drop > 1:
@@ -162,6 +174,7 @@ def fake_upyun(ctx: click.Context, /, root: Path, host: str, port: int, bucket: 
                     rate_drop=fault_drop, latency_s=latency, seed=seed,
                     body_rate_bps=float(body_rate))
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        run_async(run_fake_server(root, host=host, port=port, bucket=bucket, operator=operator,
-                                  password=password, faults=faults))
+        run_async(run_fake_server(root or Path("."), host=host, port=port, bucket=bucket,
+                                  operator=operator, password=password, faults=faults,
+                                  synthetic=made_up))
     return 0

@@ -33,6 +33,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from mirror.sources.upyun import LIST_END, sign
+from mirror.testing.synthetic import SyntheticBucket
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,10 @@ class _Refused(Exception):
 
 class FakeUpyun:
     def __init__(self, root: Path, *, bucket: str, operator: str, password: str,
-                 faults: Faults = Faults(), max_skew_s: float = 1800) -> None:
+                 faults: Faults = Faults(), max_skew_s: float = 1800,
+                 synthetic: SyntheticBucket | None = None) -> None:
         self.root = Path(root)
+        self.synthetic = synthetic  # serve a made-up bucket instead of ``root``
         self.bucket = bucket
         self.operator = operator
         self.password = password
@@ -207,8 +210,14 @@ class FakeUpyun:
         if query == "usage":
             return await self._usage(request)
         path = self.root.joinpath(*names) if names else self.root
+        info: os.stat_result | None
         try:
-            info = await asyncio.to_thread(os.stat, path)
+            if self.synthetic is not None:
+                info = self.synthetic.stat(key)
+                if info is None:
+                    raise FileNotFoundError(key)
+            else:
+                info = await asyncio.to_thread(os.stat, path)
         except (FileNotFoundError, NotADirectoryError):
             if key in self.listing_override or key in self.body_override:
                 info = None
@@ -303,6 +312,8 @@ class FakeUpyun:
 
     async def _usage(self, request: web.Request) -> web.Response:
         def total() -> int:
+            if self.synthetic is not None:
+                return self.synthetic.total_bytes()
             return sum(os.lstat(os.path.join(d, n)).st_size
                        for d, _, names in os.walk(self.root) for n in names)
 
@@ -328,6 +339,8 @@ class FakeUpyun:
         return web.Response(headers=headers)
 
     async def _items(self, key: str, path: Path) -> list[_Item]:
+        if self.synthetic is not None:  # not cached: a million-file bucket stays small here
+            return [_Item(*e) for e in self.synthetic.entries(key)]
         dir_mtime = (await asyncio.to_thread(os.stat, path)).st_mtime_ns
         cached = self._listings.get(key)
         if cached is not None and cached[0] == dir_mtime:
@@ -434,6 +447,8 @@ class FakeUpyun:
         return stream
 
     async def _md5(self, path: Path, info: os.stat_result) -> str:
+        if self.synthetic is not None:
+            return hashlib.md5(self.synthetic.content(info.st_ino)).hexdigest()
         cache_key = (str(path), info.st_size, info.st_mtime_ns)
         cached = self._md5s.get(cache_key)
         if cached is None:
@@ -473,7 +488,7 @@ class FakeUpyun:
         declared = end - start + 1
         if override is not None:
             if info is not None and stat.S_ISREG(info.st_mode):
-                data = (await asyncio.to_thread(path.read_bytes))[start:end + 1]
+                data = (await self._read(path, info))[start:end + 1]
             else:
                 data, declared = b"", -1
             data, headers = override(data, headers)
@@ -493,6 +508,9 @@ class FakeUpyun:
             if override is not None:
                 sent = min(len(data), limit)
                 await stream.write(data[:sent])
+            elif self.synthetic is not None and info is not None:
+                await stream.write(self.synthetic.content(info.st_ino)[start:start + limit])
+                sent = limit
             else:
                 sent = await self._stream_file(stream, path, start, limit)
         except (ConnectionError, RuntimeError):
@@ -504,6 +522,11 @@ class FakeUpyun:
         await stream.write_eof()
         self.stats.complete[key] = self.stats.complete.get(key, 0) + 1
         return stream
+
+    async def _read(self, path: Path, info: os.stat_result) -> bytes:
+        if self.synthetic is not None:
+            return self.synthetic.content(info.st_ino)
+        return await asyncio.to_thread(path.read_bytes)
 
     async def _stream_file(self, stream: web.StreamResponse, path: Path, start: int,
                            length: int) -> int:
@@ -568,10 +591,14 @@ def _http_date(ts: float) -> str:
 
 
 async def run_fake_server(root: Path, *, host: str, port: int, bucket: str, operator: str,
-                          password: str, faults: Faults) -> None:
-    fake = FakeUpyun(root, bucket=bucket, operator=operator, password=password, faults=faults)
+                          password: str, faults: Faults,
+                          synthetic: SyntheticBucket | None = None) -> None:
+    fake = FakeUpyun(root, bucket=bucket, operator=operator, password=password, faults=faults,
+                     synthetic=synthetic)
     url = await fake.start(host, port)
-    print(f"fake UpYun serving {root} as bucket {bucket!r} at {url} (operator {operator!r})",
+    what = (f"a synthetic bucket of {synthetic.files} files" if synthetic is not None
+            else str(root))
+    print(f"fake UpYun serving {what} as bucket {bucket!r} at {url} (operator {operator!r})",
           flush=True)
     try:
         await asyncio.Event().wait()
