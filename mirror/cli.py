@@ -21,6 +21,7 @@ import click
 from mirror import __version__
 from mirror.errors import ConfigError, FatalError, MirrorError
 from mirror.jobs import JobSpec
+from mirror.ratelimit import RateSettings
 from mirror.settings import SourceSettings, WorkerSettings, default_state_dir
 
 T = TypeVar("T")
@@ -173,6 +174,23 @@ def worker_options(f: F) -> F:
                      "--stall-window is aborted and resumed; 0 turns it off."),
         click.option("--stall-window", type=click.FloatRange(1), default=60.0,
                      envvar="MIRROR_STALL_WINDOW", show_default=True, metavar="S"),
+        click.option("--rps", type=click.FloatRange(0), default=0.0, envvar="MIRROR_RPS",
+                     metavar="N", help="Fetch requests per second for this worker (0: no "
+                     "fixed limit)."),
+        click.option("--list-rps", type=click.FloatRange(0), default=0.0,
+                     envvar="MIRROR_LIST_RPS", metavar="N",
+                     help="Listing requests per second for this worker (0: no fixed limit)."),
+        click.option("--cluster-rps", type=click.FloatRange(0), default=0.0,
+                     envvar="MIRROR_CLUSTER_RPS", metavar="N",
+                     help="Requests per second for the whole job, shared by its live workers."),
+        click.option("--bwlimit", type=SIZE, default="0", envvar="MIRROR_BWLIMIT",
+                     metavar="RATE", help="Bytes per second across this worker's transfers "
+                     "(e.g. 20M; 0: no limit)."),
+        click.option("--delay", type=click.FloatRange(0), default=0.0, envvar="MIRROR_DELAY",
+                     metavar="S", help="Pause after each download."),
+        click.option("--adaptive/--no-adaptive", default=True, envvar="MIRROR_ADAPTIVE",
+                     show_default=True,
+                     help="Slow down on 429/503 (honouring Retry-After), recover slowly."),
         click.option("--progress/--no-progress", default=None,
                      help="Live progress view (default: when stderr is a terminal)."),
         click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -235,6 +253,13 @@ def make_worker_settings(o: Mapping[str, Any], role: str = "all") -> WorkerSetti
         min_rate_bps=float(o["min_rate"]), stall_window_s=o["stall_window"],
         max_backlog=o["max_backlog"],
     )
+
+
+def make_rate_settings(o: Mapping[str, Any]) -> RateSettings:
+    return RateSettings(rps=o.get("rps", 0.0), list_rps=o.get("list_rps", 0.0),
+                        cluster_rps=o.get("cluster_rps", 0.0),
+                        bwlimit_bps=float(o.get("bwlimit", 0)), delay_s=o.get("delay", 0.0),
+                        adaptive=o.get("adaptive", True))
 
 
 def make_spec(name: str, source: str, o: Mapping[str, Any]) -> JobSpec:

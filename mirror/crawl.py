@@ -25,6 +25,7 @@ from mirror.errors import (
     UnsafePath,
 )
 from mirror.jobs import FetchJob, Job, JobSpec, ListJob, Reason, shard_of
+from mirror.ratelimit import Limiter
 from mirror.settings import WorkerSettings
 from mirror.sources import Body, Source
 from mirror.stats import Stats
@@ -81,6 +82,7 @@ class Context:
     placement: Placement
     settings: WorkerSettings
     stats: Stats
+    limiter: Limiter
     # (disk root, path) -> done signal: a second delivery of a file this process is already
     # fetching (consumer-timeout redelivery, duplicate listing) waits instead of downloading.
     inflight: dict[tuple[str, str], asyncio.Future[None]] = field(default_factory=dict)
@@ -178,6 +180,8 @@ async def _fetch(job: FetchJob, disk: Disk, ctx: Context) -> Outcome:
         await disk.run(part.close)
     ctx.stats.fetched += 1
     ctx.stats.fetched_bytes += job.size
+    if ctx.limiter.settings.delay_s:
+        await asyncio.sleep(ctx.limiter.settings.delay_s)  # operators ask for a breather
     return "fetched"
 
 

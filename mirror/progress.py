@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from rich.live import Live
 from rich.table import Table
 
 from mirror.broker import Broker, QueueDepth, Topology
+from mirror.ratelimit import Limiter
 from mirror.stats import Stats
 
 log = logging.getLogger("mirror.progress")
@@ -56,8 +58,10 @@ class View:
 
 class Progress:
     def __init__(self, stats: Stats, broker: Broker, topology: Topology, *, live: bool,
-                 log_every_s: float = 10.0, console: Console | None = None) -> None:
+                 log_every_s: float = 10.0, console: Console | None = None,
+                 limiter: Limiter | None = None) -> None:
         self._stats = stats
+        self._limiter = limiter
         self._broker = broker
         self._topology = topology
         self._live_wanted = live
@@ -112,7 +116,19 @@ class Progress:
         return (f"{s.fetched} fetched, {s.skipped} skipped, {s.parked} parked, "
                 f"{s.retried} retried | {human_bytes(s.transferred)} at "
                 f"{human_bytes(v.bytes_rate)}/s, {v.files_rate:.0f} files/s | "
-                f"backlog {v.backlog} | {listing} | ETA {eta}")
+                f"backlog {v.backlog} | {listing} | ETA {eta}{self._throttling()}")
+
+    def _throttling(self) -> str:
+        """' | 429s 12, fetch 85/s, list 20/s' once the source has pushed back or limits set."""
+        lim = self._limiter
+        if lim is None:
+            return ""
+        hits = lim.throttled("fetch") + lim.throttled("list")
+        rates = [f"{b} {lim.rate(b):.0f}/s" for b in ("fetch", "list")
+                 if math.isfinite(lim.rate(b))]
+        if not hits and not rates:
+            return ""
+        return f" | 429s {hits}" + "".join(f", {r}" for r in rates)
 
     def table(self, v: View) -> Table:
         s = self._stats
@@ -125,6 +141,9 @@ class Progress:
                   f"{s.pages} pages, {s.listed_files} files so far")
         t.add_row("backlog", f"{v.backlog} files to fetch")
         t.add_row("ETA", human_duration(v.eta_s) if v.eta_s is not None else "after listing")
+        throttling = self._throttling()
+        if throttling:
+            t.add_row("source", throttling.removeprefix(" | "))
         t.add_row("elapsed", human_duration(s.elapsed_s))
         return t
 

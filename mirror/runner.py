@@ -22,6 +22,7 @@ from mirror.errors import ConfigError, FatalError, NotFound
 from mirror.jobs import Job, JobSpec, ListJob
 from mirror.parking import journal_path, write_journal
 from mirror.progress import Progress, summary
+from mirror.ratelimit import Limiter, RateSettings
 from mirror.settings import SourceSettings, WorkerSettings
 from mirror.sources import Source, open_source
 from mirror.stats import Stats
@@ -63,6 +64,7 @@ class WorkOptions:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     until_idle: bool = True
     live_progress: bool = False
+    rates: RateSettings = field(default_factory=RateSettings)
 
 
 async def connect_broker(url: str | None, job: str, role: str = "all") -> Broker:
@@ -120,9 +122,9 @@ async def seed(broker: Broker, spec: JobSpec, *, force: bool = False,
     return spec, f"job {spec.name} seeded: listing {spec.source}"
 
 
-def source_for(spec: JobSpec, settings: SourceSettings) -> Source:
+def source_for(spec: JobSpec, settings: SourceSettings, limiter: Limiter | None = None) -> Source:
     return open_source(spec.source, replace(settings, endpoint=spec.endpoint,
-                                            list_limit=spec.list_limit))
+                                            list_limit=spec.list_limit), limiter)
 
 
 @contextlib.asynccontextmanager
@@ -152,12 +154,13 @@ async def _signals(worker: Worker) -> AsyncIterator[None]:
 
 
 async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placement,
-               options: WorkOptions, stats: Stats | None = None) -> Outcome:
+               options: WorkOptions, stats: Stats | None = None,
+               limiter: Limiter | None = None) -> Outcome:
     stats = stats or Stats()
-    worker = Worker(broker, spec, source, placement, options.worker, stats)
+    worker = Worker(broker, spec, source, placement, options.worker, stats, limiter)
     fatal: FatalError | None = None
     async with _signals(worker), Progress(stats, broker, worker.topology,
-                                          live=options.live_progress):
+                                          live=options.live_progress, limiter=worker.limiter):
         try:
             await worker.run(until_idle=options.until_idle)
         except FatalError as exc:
@@ -188,7 +191,8 @@ async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,
     journal: list[ParkedJob] = []
     broker = (MemoryBroker(on_park=journal.append) if broker_url is None
               else await connect_broker(broker_url, spec.name))
-    source = source_for(spec, source_settings)
+    limiter = Limiter(options.rates)
+    source = source_for(spec, source_settings, limiter)
     executor = disk_executor(options.worker)
     try:
         await check_source(source, spec.source)
@@ -196,7 +200,8 @@ async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,
         log.info("%s", what)
         disk = Disk(dest, fsync=options.worker.fsync, executor=executor)
         await disk.run(disk.check_writable)
-        outcome = await work(broker, spec, source, Placement.single(disk, spec.shards), options)
+        outcome = await work(broker, spec, source, Placement.single(disk, spec.shards), options,
+                             limiter=limiter)
     finally:
         await source.close()
         await broker.close()

@@ -25,6 +25,7 @@ from mirror.errors import (
     TransientError,
 )
 from mirror.jobs import JobSpec, ListJob, Reason
+from mirror.ratelimit import UNLIMITED, Limiter
 from mirror.settings import WorkerSettings
 from mirror.sources import Source
 from mirror.stats import Stats
@@ -34,13 +35,16 @@ log = logging.getLogger(__name__)
 
 class Worker:
     def __init__(self, broker: Broker, spec: JobSpec, source: Source, placement: Placement,
-                 settings: WorkerSettings, stats: Stats | None = None) -> None:
+                 settings: WorkerSettings, stats: Stats | None = None,
+                 limiter: Limiter | None = None) -> None:
         self.broker = broker
         self.spec = spec
         self.topology = Topology(spec)
         self.settings = settings
         self.stats = stats or Stats()
-        self.ctx = Context(spec, self.topology, source, broker, placement, settings, self.stats)
+        self.limiter = limiter or Limiter(UNLIMITED)
+        self.ctx = Context(spec, self.topology, source, broker, placement, settings, self.stats,
+                           self.limiter)
         self.fatal: FatalError | None = None
         self._held = 0
         self._taken = 0
@@ -86,6 +90,7 @@ class Worker:
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=0.5)
+                self.limiter.set_workers(1 + len(self.presence.peers()))
                 if until_idle and not self._stop.is_set() and await self._job_done():
                     log.info("job %s is done", self.spec.name)
                     break

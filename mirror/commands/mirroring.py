@@ -12,6 +12,7 @@ from mirror.cli import (
     cli,
     job_options,
     live_progress,
+    make_rate_settings,
     make_source_settings,
     make_spec,
     make_worker_settings,
@@ -23,6 +24,7 @@ from mirror.cli import (
 )
 from mirror.disk import Placement
 from mirror.placement import build_placement, parse_claim
+from mirror.ratelimit import Limiter
 
 
 @cli.command()
@@ -49,7 +51,8 @@ def run(ctx: click.Context, /, source: str, dest: Path, broker: str | None, job_
     name = runner.check_job_name(job_name or runner.default_job_name(
         source, dest.resolve() if broker is None else None))
     spec = make_spec(name, source, o)
-    options = runner.WorkOptions(make_worker_settings(o), until_idle=True, live_progress=live)
+    options = runner.WorkOptions(make_worker_settings(o), until_idle=True, live_progress=live,
+                                 rates=make_rate_settings(o))
     outcome = run_async(runner.run_job(spec, dest, broker, make_source_settings(ctx, o),
                                        options, state_dir_of(o)))
     click.echo(runner.report(outcome))
@@ -116,7 +119,8 @@ def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path | None,
     live = live_progress(o, ctx)
     start_logging(ctx, live)
     settings = make_worker_settings(o, role)
-    options = runner.WorkOptions(settings, until_idle=until_idle, live_progress=live)
+    options = runner.WorkOptions(settings, until_idle=until_idle, live_progress=live,
+                                 rates=make_rate_settings(o))
     claims = [parse_claim(d) for d in disks]
     if settings.fetches and dest is None and not claims:
         raise click.UsageError(f"--role {role} fetches files: give --dest DIR or --disk "
@@ -130,9 +134,10 @@ def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path | None,
             placement = (await build_placement(claims, dest, spec.shards, fsync=settings.fsync,
                                                executor=executor)
                          if settings.fetches else Placement({}))
-            src = runner.source_for(spec, make_source_settings(ctx, o))
+            limiter = Limiter(options.rates)
+            src = runner.source_for(spec, make_source_settings(ctx, o), limiter)
             try:
-                return await runner.work(b, spec, src, placement, options)
+                return await runner.work(b, spec, src, placement, options, limiter=limiter)
             finally:
                 await src.close()
         finally:

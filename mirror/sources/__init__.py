@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mirror.errors import ConfigError
+from mirror.ratelimit import Limiter
 from mirror.settings import SourceSettings
 
 
@@ -64,17 +65,17 @@ class Source(Protocol):
     async def close(self) -> None: ...
 
 
-SourceFactory = Callable[[str, SourceSettings], Source]
+SourceFactory = Callable[[str, SourceSettings, Limiter | None], Source]
 
 
-def open_source(url: str, settings: SourceSettings) -> Source:
+def open_source(url: str, settings: SourceSettings, limiter: Limiter | None = None) -> Source:
     """Build the source for ``url`` (e.g. ``upyun://bucket/prefix``)."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     factory = _factories().get(scheme)
     if factory is None:
         known = ", ".join(f"{s}://" for s in sorted(_factories()))
         raise ConfigError(f"unsupported source URL {url!r}; supported: {known}")
-    return factory(url, settings)
+    return factory(url, settings, limiter)
 
 
 def _factories() -> dict[str, SourceFactory]:

@@ -21,6 +21,7 @@ from mirror.errors import (
     Stalled,
     TransientError,
 )
+from mirror.ratelimit import Limiter
 from mirror.settings import SourceSettings
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,10 @@ class HttpBody:
         offset: int,
         total_size: int | None,
         md5: str | None,
+        limiter: Limiter | None = None,
     ) -> None:
         self._resp = resp
+        self._limiter = limiter
         self._what = what
         self.offset = offset
         self.total_size = total_size
@@ -152,6 +155,8 @@ class HttpBody:
                 chunk = await self._resp.content.read(size)
                 if not chunk:
                     return
+                if self._limiter is not None:
+                    await self._limiter.received(len(chunk))
                 yield chunk
         except asyncio.CancelledError:
             raise
@@ -160,7 +165,10 @@ class HttpBody:
 
     async def read_all(self) -> bytes:
         try:
-            return await self._resp.read()
+            data = await self._resp.read()
+            if self._limiter is not None:
+                await self._limiter.received(len(data))
+            return data
         except asyncio.CancelledError:
             raise
         except Exception as exc:

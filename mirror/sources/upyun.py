@@ -32,6 +32,7 @@ from mirror.errors import (
     PermanentError,
     ProtocolError,
 )
+from mirror.ratelimit import UNLIMITED, Budget, Limiter
 from mirror.settings import DEFAULT_UPYUN_ENDPOINT, SourceSettings
 from mirror.sources import Entry, Page
 from mirror.sources.httpclient import (
@@ -64,7 +65,7 @@ def quote_key(bucket: str, key: str) -> str:
 
 class UpyunSource:
     def __init__(self, bucket: str, prefix: str, operator: str, password: str,
-                 settings: SourceSettings) -> None:
+                 settings: SourceSettings, limiter: Limiter | None = None) -> None:
         endpoint = (settings.endpoint or DEFAULT_UPYUN_ENDPOINT).rstrip("/")
         if urlsplit(endpoint).scheme not in ("http", "https"):
             raise ConfigError(f"--endpoint must be an http(s) URL, got {endpoint!r}")
@@ -78,9 +79,11 @@ class UpyunSource:
         self._endpoint = endpoint
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._limiter = limiter or Limiter(UNLIMITED)
 
     @classmethod
-    def from_url(cls, url: str, settings: SourceSettings) -> UpyunSource:
+    def from_url(cls, url: str, settings: SourceSettings,
+                 limiter: Limiter | None = None) -> UpyunSource:
         rest = url.split("://", 1)[1]
         bucket, _, prefix = rest.partition("/")
         if not bucket:
@@ -92,7 +95,7 @@ class UpyunSource:
                 "UpYun credentials missing: set UPYUN_OPERATOR and UPYUN_PASSWORD "
                 "in the environment (or the config file)"
             )
-        return cls(bucket, prefix.strip("/"), operator, password, settings)
+        return cls(bucket, prefix.strip("/"), operator, password, settings, limiter)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -141,14 +144,19 @@ class UpyunSource:
         return PermanentError(text, detail)
 
     async def _attempt(self, method: str, uri: str, what: str,
-                       extra: Mapping[str, str] = {}) -> aiohttp.ClientResponse:
+                       extra: Mapping[str, str] = {},
+                       budget: Budget = "fetch") -> aiohttp.ClientResponse:
         """One signed try (a fresh Date each time); returns an open, successful response."""
-        resp = await self._http().request(
-            method, URL(self._endpoint + uri, encoded=True),
-            headers=self._headers(method, uri, extra), allow_redirects=False,
-        )
+        async with self._limiter.request(budget):
+            resp = await self._http().request(
+                method, URL(self._endpoint + uri, encoded=True),
+                headers=self._headers(method, uri, extra), allow_redirects=False,
+            )
         if resp.status < 300:
+            self._limiter.success(budget)
             return resp
+        if resp.status in (429, 503):
+            self._limiter.throttle(budget, retry_after_s(resp.headers.get("Retry-After")))
         try:
             raise await self._fail(resp, what)
         finally:
@@ -167,7 +175,7 @@ class UpyunSource:
             extra["x-list-iter"] = cursor
 
         async def fetch() -> tuple[bytes, str | None]:
-            resp = await self._attempt("GET", uri, what, extra)
+            resp = await self._attempt("GET", uri, what, extra, "list")
             try:
                 return await resp.read(), resp.headers.get("x-upyun-list-iter")
             finally:
@@ -209,7 +217,7 @@ class UpyunSource:
             start, total = 0, resp.content_length
             if resp.status == 206:
                 start, total = _content_range(resp.headers.get("Content-Range"), what)
-            yield HttpBody(resp, what, start, total, _md5_of(resp.headers))
+            yield HttpBody(resp, what, start, total, _md5_of(resp.headers), self._limiter)
         finally:
             resp.release()
 

@@ -56,6 +56,9 @@ class Faults:
     latency_s: float = 0.0  # before every response
     seed: int = 0
     body_rate_bps: float = 0.0  # bodies sent no faster than this (0: as fast as possible)
+    # Requests per second the bucket accepts (a token bucket, burst a fifth of a second);
+    # beyond it: 429 42900003, as UpYun's per-bucket protection answers. 0: no limit.
+    rate_limit_rps: float = 0.0
 
 
 @dataclass
@@ -68,12 +71,14 @@ class FakeStats:
     bytes_sent: int = 0
     faults: dict[str, int] = field(
         default_factory=lambda: {"429": 0, "503": 0, "truncate": 0, "drop": 0})
+    limited: int = 0  # requests refused by rate_limit_rps
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, status)
 
     def to_dict(self) -> dict[str, object]:
         return {"requests": self.requests, "by_status": dict(self.by_status),
                 "list_pages": self.list_pages, "bodies": dict(self.bodies),
                 "complete": dict(self.complete), "bytes_sent": self.bytes_sent,
-                "faults": dict(self.faults)}
+                "faults": dict(self.faults), "limited": self.limited}
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,8 @@ class FakeUpyun:
         self._md5s: dict[tuple[str, int, int], str] = {}
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
+        self._bucket_tokens = max(1.0, faults.rate_limit_rps / 5)  # starts full
+        self._bucket_stamp = time.monotonic()
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -174,13 +181,31 @@ class FakeUpyun:
             await asyncio.sleep(self.faults.latency_s)
         head = request.method == "HEAD"
         try:
+            if not request.path.startswith("/_fake/") and not self._within_rate():
+                self.stats.limited += 1
+                raise _Refused(429, 42900003, "too many requests of the same bucket")
             response = await self._serve(request)
         except _Refused as exc:
             response = self._error(exc.status, exc.code, exc.msg, head)
         if not isinstance(response, _Dropped):
             self.stats.by_status[response.status] = self.stats.by_status.get(response.status,
                                                                              0) + 1
+        if self.faults.rate_limit_rps > 0:
+            self.stats.timeline.append((time.monotonic(), response.status))
         return response
+
+    def _within_rate(self) -> bool:
+        rate = self.faults.rate_limit_rps
+        if rate <= 0:
+            return True
+        now = time.monotonic()
+        burst = max(1.0, rate / 5)
+        self._bucket_tokens = min(burst, self._bucket_tokens + (now - self._bucket_stamp) * rate)
+        self._bucket_stamp = now
+        if self._bucket_tokens >= 1:
+            self._bucket_tokens -= 1
+            return True
+        return False
 
     def _error(self, status: int, code: int, msg: str, head: bool = False) -> web.Response:
         request_id = uuid.uuid4().hex

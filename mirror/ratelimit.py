@@ -1,0 +1,213 @@
+"""Being a good client: request rates, bandwidth, and backing off when the source says so.
+
+Every HTTP request of a source passes through a ``Limiter`` (one per worker), under one of two
+budgets, ``list`` and ``fetch``, each with:
+
+- a token bucket for the configured rate (``--rps`` / ``--list-rps``), or for this worker's share
+  of ``--cluster-rps`` (the job's rate divided by the live workers heard through the broker);
+- an adaptive rate (AIMD): on 429/503 the rate drops to 70 % of the rate the source actually
+  answered (honouring Retry-After), then grows again by about 20 % plus one request per second
+  of clean answers, so a run settles just under the source's real limit instead of hammering
+  it.
+
+Bytes received pass through one shared bandwidth bucket (``--bwlimit``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+Budget = Literal["list", "fetch"]
+
+DECREASE = 0.7  # multiplicative decrease on throttling
+INCREASE = 0.20  # growth per second, as a share of the current rate (plus one request)
+MIN_RATE = 0.5  # requests per second: never stop entirely
+COOLDOWN_S = 1.0  # one decrease per congestion event, not one per throttled request
+
+
+@dataclass(frozen=True)
+class RateSettings:
+    rps: float = 0.0  # fetch requests per second per worker; 0: no fixed limit
+    list_rps: float = 0.0
+    cluster_rps: float = 0.0  # the whole job's request rate, shared by its live workers
+    bwlimit_bps: float = 0.0  # bytes per second across all transfers of the worker
+    delay_s: float = 0.0  # pause after each download
+    adaptive: bool = True
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up; rate 0 or inf: no limit."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self._tokens = 0.0
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+        self.rate = rate
+        self.burst = burst
+        self._set_burst()
+
+    def _set_burst(self) -> None:
+        self._burst = self.burst if self.burst is not None else max(1.0, self.rate / 10)
+        self._tokens = min(self._tokens, self._burst)
+
+    def set_rate(self, rate: float) -> None:
+        self._refill()
+        self.rate = rate
+        self._set_burst()
+
+    @property
+    def limited(self) -> bool:
+        return 0 < self.rate < math.inf
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        if self.limited:
+            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    async def take(self, amount: float = 1.0) -> None:
+        if not self.limited:
+            return
+        async with self._lock:  # first come, first served
+            while True:
+                self._refill()
+                if self._tokens >= min(amount, self._burst):
+                    self._tokens -= amount  # may go negative for a large amount: a debt
+                    return
+                if not self.limited:
+                    return
+                wait = (min(amount, self._burst) - self._tokens) / self.rate
+                await asyncio.sleep(min(wait, 1.0))
+
+
+class AdaptiveRate:
+    """AIMD on a request rate; ``math.inf`` until the source first pushes back."""
+
+    def __init__(self, ceiling: float = math.inf) -> None:
+        self.ceiling = ceiling  # a fixed limit the rate never exceeds
+        self.rate = ceiling
+        self.throttled = 0
+        self._recent: deque[float] = deque()  # successful answers, last two seconds
+        self._sent: deque[float] = deque()  # requests sent, last two seconds
+        self._last_decrease = -math.inf
+        self._last_increase = time.monotonic()
+        self._hold_until = 0.0
+
+    def _answered(self, now: float) -> float:
+        """Successful answers per second over the last two seconds."""
+        while self._recent and now - self._recent[0] > 2.0:
+            self._recent.popleft()
+        if not self._recent:
+            return 0.0
+        return len(self._recent) / max(0.5, now - self._recent[0])
+
+    def sent(self) -> None:
+        now = time.monotonic()
+        self._sent.append(now)
+        while self._sent and now - self._sent[0] > 2.0:
+            self._sent.popleft()
+
+    def on_success(self) -> None:
+        now = time.monotonic()
+        self._recent.append(now)
+        self._answered(now)
+        elapsed = min(1.0, now - self._last_increase)
+        self._last_increase = now
+        if math.isinf(self.rate) or now < self._hold_until:
+            return
+        self.rate = min(self.ceiling, self.rate * (1 + INCREASE * elapsed) + elapsed)
+
+    def on_throttle(self, retry_after_s: float | None = None) -> None:
+        now = time.monotonic()
+        self.throttled += 1
+        if retry_after_s:
+            self._hold_until = max(self._hold_until, now + retry_after_s)
+        if now - self._last_decrease < COOLDOWN_S:
+            return  # answers to requests sent before the last decrease
+        self._last_decrease = now
+        answered = self._answered(now)
+        # Too few answers to measure (the very start): go by what was sent instead.
+        base = answered if answered >= 5 else max(len(self._sent) / 2.0, 2.0)
+        if not math.isinf(self.rate):
+            base = min(base, self.rate)
+        self.rate = min(self.ceiling, max(MIN_RATE, base * DECREASE))
+
+    @property
+    def holding_s(self) -> float:
+        return max(0.0, self._hold_until - time.monotonic())
+
+
+class Limiter:
+    """The request and bandwidth budgets of one worker."""
+
+    def __init__(self, settings: RateSettings = RateSettings()) -> None:
+        self.settings = settings
+        self._share = 1  # live workers of the job, for --cluster-rps
+        fixed = {"fetch": settings.rps, "list": settings.list_rps}
+        self._fixed = {k: v if v > 0 else math.inf for k, v in fixed.items()}
+        self._adaptive: dict[Budget, AdaptiveRate] = {
+            b: AdaptiveRate(self._ceiling(b)) for b in ("list", "fetch")}
+        self._buckets: dict[Budget, TokenBucket] = {
+            b: TokenBucket(self._ceiling(b)) for b in ("list", "fetch")}
+        self._cluster = TokenBucket(self._cluster_share())
+        self.bandwidth = TokenBucket(settings.bwlimit_bps,
+                                     burst=max(64 * 1024.0, settings.bwlimit_bps / 20))
+
+    def _cluster_share(self) -> float:
+        c = self.settings.cluster_rps
+        return c / max(1, self._share) if c > 0 else math.inf
+
+    def _ceiling(self, budget: Budget) -> float:
+        return self._fixed[budget]
+
+    def set_workers(self, live: int) -> None:
+        """How many workers share ``--cluster-rps`` now (this one included)."""
+        if live != self._share:
+            self._share = max(1, live)
+            self._cluster.set_rate(self._cluster_share())
+
+    def rate(self, budget: Budget) -> float:
+        """The rate this worker holds itself to now (inf: none)."""
+        r = min(self._buckets[budget].rate, self._cluster.rate)
+        return r
+
+    def throttled(self, budget: Budget) -> int:
+        return self._adaptive[budget].throttled
+
+    @asynccontextmanager
+    async def request(self, budget: Budget) -> AsyncIterator[None]:
+        adaptive = self._adaptive[budget]
+        if self.settings.adaptive:
+            hold = adaptive.holding_s
+            if hold > 0:
+                await asyncio.sleep(hold)
+            self._buckets[budget].set_rate(adaptive.rate)
+        await self._buckets[budget].take()
+        await self._cluster.take()
+        adaptive.sent()
+        yield
+
+    def success(self, budget: Budget) -> None:
+        if self.settings.adaptive:
+            self._adaptive[budget].on_success()
+
+    def throttle(self, budget: Budget, retry_after_s: float | None = None) -> None:
+        a = self._adaptive[budget]
+        a.on_throttle(retry_after_s if self.settings.adaptive else None)
+        if self.settings.adaptive:
+            self._buckets[budget].set_rate(a.rate)
+
+    async def received(self, n: int) -> None:
+        await self.bandwidth.take(n)
+
+
+UNLIMITED = RateSettings(adaptive=False)
+
+__all__ = ["UNLIMITED", "AdaptiveRate", "Budget", "Limiter", "RateSettings", "TokenBucket"]
