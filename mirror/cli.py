@@ -22,6 +22,7 @@ from mirror import __version__
 from mirror.errors import ConfigError, FatalError, MirrorError
 from mirror.jobs import JobSpec
 from mirror.ratelimit import RateSettings
+from mirror.runner import WorkOptions
 from mirror.settings import SourceSettings, WorkerSettings, default_state_dir
 
 T = TypeVar("T")
@@ -66,7 +67,8 @@ def load_config(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     return default_map, {str(k): str(v) for k, v in creds.items()}
 
 
-COMMANDS = ("run", "seed", "work", "demo", "ls", "fake-upyun")
+COMMANDS = ("run", "seed", "work", "status", "watch", "failures", "retry", "stop", "demo", "ls",
+            "fake-upyun")
 
 
 def setup_logging(verbose: int, quiet: bool, rich_console: bool) -> None:
@@ -191,6 +193,15 @@ def worker_options(f: F) -> F:
         click.option("--adaptive/--no-adaptive", default=True, envvar="MIRROR_ADAPTIVE",
                      show_default=True,
                      help="Slow down on 429/503 (honouring Retry-After), recover slowly."),
+        click.option("--metrics-addr", envvar="MIRROR_METRICS_ADDR", default=None,
+                     metavar="HOST:PORT", help="Serve Prometheus metrics at "
+                     "http://HOST:PORT/metrics (a bare PORT binds 127.0.0.1)."),
+        click.option("--metrics-linger", type=click.FloatRange(0), default=0.0,
+                     envvar="MIRROR_METRICS_LINGER", metavar="S",
+                     help="Keep serving metrics this long after the work ends (a last scrape)."),
+        click.option("--events/--no-events", default=True, envvar="MIRROR_EVENTS",
+                     show_default=True, help="Publish an event per file (fetched, skipped, "
+                     "parked) to the job's events exchange (`mirror watch`)."),
         click.option("--progress/--no-progress", default=None,
                      help="Live progress view (default: when stderr is a terminal)."),
         click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -251,8 +262,15 @@ def make_worker_settings(o: Mapping[str, Any], role: str = "all") -> WorkerSetti
         concurrency=o["concurrency"], list_concurrency=o["list_concurrency"],
         verify_checksum=o["checksum"], fsync=o["fsync"], drain_deadline_s=o["drain_deadline"],
         min_rate_bps=float(o["min_rate"]), stall_window_s=o["stall_window"],
-        max_backlog=o["max_backlog"],
+        max_backlog=o["max_backlog"], file_events=o.get("events", True),
     )
+
+
+def make_work_options(o: Mapping[str, Any], settings: WorkerSettings, *, until_idle: bool,
+                      live: bool) -> WorkOptions:
+    return WorkOptions(settings, until_idle=until_idle, live_progress=live,
+                       rates=make_rate_settings(o), metrics_addr=o.get("metrics_addr"),
+                       metrics_linger_s=o.get("metrics_linger", 0.0))
 
 
 def make_rate_settings(o: Mapping[str, Any]) -> RateSettings:

@@ -36,7 +36,8 @@ class _Heard:
 
 class Presence:
     def __init__(self, broker: Broker, role: str, queues: list[str], snapshot: Snapshot,
-                 interval_s: float = 1.0, on_stop: Callable[[str], None] | None = None) -> None:
+                 interval_s: float = 1.0, on_stop: Callable[[str], None] | None = None,
+                 counts: Callable[[], dict[str, int]] | None = None) -> None:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._broker = broker
         self._role = role
@@ -44,6 +45,7 @@ class Presence:
         self._snapshot = snapshot
         self._interval = interval_s
         self._on_stop = on_stop
+        self._counts = counts
         self._peers: dict[str, _Heard] = {}
         self._task: asyncio.Task[None] | None = None
         self._replies: set[asyncio.Task[None]] = set()
@@ -77,6 +79,7 @@ class Presence:
             "type": "presence", "worker": self.worker_id, "role": self._role,
             "queues": self._queues, "held": held, "taken": taken, "state": state or self.state,
             "pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
+            "counts": self._counts() if self._counts is not None else {},
         })
 
     async def _beat(self) -> None:

@@ -24,6 +24,7 @@ from mirror.errors import (
     Stalled,
     UnsafePath,
 )
+from mirror.events import parked_event
 from mirror.jobs import FetchJob, Job, JobSpec, ListJob, Reason, shard_of
 from mirror.ratelimit import Limiter
 from mirror.settings import WorkerSettings
@@ -137,6 +138,9 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
         reason = Reason.from_error(problem, attempts=0)
         await ctx.broker.park(item, reason)
         ctx.stats.park(item.path, reason)
+        if ctx.settings.file_events:
+            with contextlib.suppress(MirrorError):  # the park is done and must not repeat
+                await ctx.broker.publish_event(parked_event(ctx.spec.name, item, reason))
     ctx.stats.pages += 1
     ctx.stats.entries += len(page.entries)
     for item in follow:
@@ -170,16 +174,22 @@ async def _fetch(job: FetchJob, disk: Disk, ctx: Context) -> Outcome:
     if part is None:
         ctx.stats.skipped += 1
         ctx.stats.skipped_bytes += job.size
+        ctx.stats.last_done_at = time.time()
         return "skipped"
+    started = time.monotonic()
+    ctx.stats.inflight += 1
     try:
         if job.size == 0:
             await disk.run(part.commit, 0, job.mtime, None)
         else:
             await _download(job, part, disk, ctx)
     finally:
+        ctx.stats.inflight -= 1
         await disk.run(part.close)
+    ctx.stats.file_seconds.observe(time.monotonic() - started)
     ctx.stats.fetched += 1
     ctx.stats.fetched_bytes += job.size
+    ctx.stats.last_done_at = time.time()
     if ctx.limiter.settings.delay_s:
         await asyncio.sleep(ctx.limiter.settings.delay_s)  # operators ask for a breather
     return "fetched"

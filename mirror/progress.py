@@ -102,6 +102,8 @@ class Progress:
         except Exception as exc:  # a reconnecting broker must not break the display
             log.debug("no queue depths: %s", exc)
             depths = {}
+        if depths:
+            s.queue_ready = {q: d.ready for q, d in depths.items()}
         backlog = sum(_held(depths.get(q)) for q in self._topology.fetch_queues)
         backlog += sum(_held(depths.get(q)) for q in self._topology.retry_queues)
         lq = depths.get(self._topology.list_queue)

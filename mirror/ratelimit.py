@@ -24,6 +24,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
 
+from mirror.stats import REQUEST_SECONDS, Histogram
+
 Budget = Literal["list", "fetch"]
 
 DECREASE = 0.7  # multiplicative decrease on throttling
@@ -157,6 +159,9 @@ class Limiter:
         self._buckets: dict[Budget, TokenBucket] = {
             b: TokenBucket(self._ceiling(b)) for b in ("list", "fetch")}
         self._cluster = TokenBucket(self._cluster_share())
+        # HTTP requests by (budget, status) and their durations, for metrics.
+        self.requests: dict[tuple[str, int], int] = {}
+        self.request_seconds = {b: Histogram(REQUEST_SECONDS) for b in ("list", "fetch")}
         self.bandwidth = TokenBucket(settings.bwlimit_bps,
                                      burst=max(64 * 1024.0, settings.bwlimit_bps / 20))
 
@@ -193,6 +198,12 @@ class Limiter:
         await self._cluster.take()
         adaptive.sent()
         yield
+
+    def record(self, budget: Budget, status: int, seconds: float) -> None:
+        """One answered request (status 0: no answer: timeout, dropped connection)."""
+        key = (budget, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self.request_seconds[budget].observe(seconds)
 
     def success(self, budget: Budget) -> None:
         if self.settings.adaptive:

@@ -20,6 +20,7 @@ from mirror.broker.memory import MemoryBroker
 from mirror.disk import Disk, Placement
 from mirror.errors import ConfigError, FatalError, NotFound
 from mirror.jobs import Job, JobSpec, ListJob
+from mirror.metrics import Exporter, Sources
 from mirror.parking import journal_path, write_journal
 from mirror.progress import Progress, summary
 from mirror.ratelimit import Limiter, RateSettings
@@ -65,6 +66,8 @@ class WorkOptions:
     until_idle: bool = True
     live_progress: bool = False
     rates: RateSettings = field(default_factory=RateSettings)
+    metrics_addr: str | None = None  # HOST:PORT for /metrics; None: no exporter
+    metrics_linger_s: float = 0.0  # keep serving after the end, for a last scrape
 
 
 async def connect_broker(url: str | None, job: str, role: str = "all") -> Broker:
@@ -158,6 +161,22 @@ async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placeme
                limiter: Limiter | None = None) -> Outcome:
     stats = stats or Stats()
     worker = Worker(broker, spec, source, placement, options.worker, stats, limiter)
+    exporter = None
+    if options.metrics_addr:
+        exporter = Exporter(options.metrics_addr, Sources(
+            spec.name, options.worker.role, spec.source.partition("://")[0], stats,
+            worker.limiter, placement, options.worker))
+        await asyncio.to_thread(exporter.start)
+    try:
+        return await _work(broker, worker, stats, options)
+    finally:
+        if exporter is not None:
+            if options.metrics_linger_s:
+                await asyncio.sleep(options.metrics_linger_s)
+            await asyncio.to_thread(exporter.stop)
+
+
+async def _work(broker: Broker, worker: Worker, stats: Stats, options: WorkOptions) -> Outcome:
     fatal: FatalError | None = None
     async with _signals(worker), Progress(stats, broker, worker.topology,
                                           live=options.live_progress, limiter=worker.limiter):

@@ -52,6 +52,7 @@ class WorkerSettings:
     min_rate_bps: float = 1024.0
     stall_window_s: float = 60.0
     max_backlog: int = 50_000  # listing pauses while a fetch queue holds more ready jobs
+    file_events: bool = True  # one confirmed event per file on the job's events exchange
 
     @property
     def lists(self) -> bool:

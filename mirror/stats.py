@@ -9,6 +9,30 @@ from dataclasses import dataclass, field
 from mirror.jobs import Reason
 
 PARKED_KEPT = 1000  # parked items kept for the summary; the broker keeps them all
+# Whole-file durations: a tiny file takes milliseconds, a multi-GB one hours.
+FILE_SECONDS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600)
+REQUEST_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
+
+
+@dataclass
+class Histogram:
+    """Cumulative-free bucket counts, exposed as a Prometheus histogram at scrape time."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        i = 0
+        while i < len(self.bounds) and value > self.bounds[i]:
+            i += 1
+        self.counts[i] += 1
+        self.total += value
+        self.count += 1
 
 
 @dataclass
@@ -29,6 +53,12 @@ class Stats:
     parked_items: deque[tuple[str, Reason]] = field(
         default_factory=lambda: deque(maxlen=PARKED_KEPT)
     )
+    retried_by: dict[str, int] = field(default_factory=dict)  # error class -> count
+    parked_by: dict[str, int] = field(default_factory=dict)
+    inflight: int = 0  # transfers running now
+    file_seconds: Histogram = field(default_factory=lambda: Histogram(FILE_SECONDS))
+    queue_ready: dict[str, int] = field(default_factory=dict)  # last reading of the queues
+    last_done_at: float = 0.0  # wall-clock time of the last file fetched or found current
 
     @property
     def done_files(self) -> int:
@@ -44,4 +74,9 @@ class Stats:
 
     def park(self, path: str, reason: Reason) -> None:
         self.parked += 1
+        self.parked_by[reason.error] = self.parked_by.get(reason.error, 0) + 1
         self.parked_items.append((path, reason))
+
+    def retry(self, error: str) -> None:
+        self.retried += 1
+        self.retried_by[error] = self.retried_by.get(error, 0) + 1

@@ -24,6 +24,7 @@ from mirror.errors import (
     RateLimited,
     TransientError,
 )
+from mirror.events import file_event, finished_event, parked_event
 from mirror.jobs import JobSpec, ListJob, Reason
 from mirror.ratelimit import UNLIMITED, Limiter
 from mirror.settings import WorkerSettings
@@ -47,6 +48,7 @@ class Worker:
                            self.limiter)
         self.fatal: FatalError | None = None
         self._held = 0
+        self._listing = 0  # listing pages now (those may still publish more work)
         self._taken = 0
         self._handlers: set[asyncio.Task[object]] = set()
         self._consumers: list[Consumer] = []
@@ -54,7 +56,8 @@ class Worker:
         self._stopping = False
         self._fetch_slots = asyncio.Semaphore(settings.concurrency)
         self.presence = Presence(broker, settings.role, self.queues, self.snapshot,
-                                 settings.presence_interval_s, on_stop=self.request_stop)
+                                 settings.presence_interval_s, on_stop=self.request_stop,
+                                 counts=self.counts)
 
     @property
     def queues(self) -> list[str]:
@@ -65,6 +68,15 @@ class Worker:
 
     def snapshot(self) -> tuple[int, int]:
         return self._held, self._taken
+
+    def counts(self) -> dict[str, int]:
+        """This process's totals, sent with every presence report (``mirror status``)."""
+        s = self.stats
+        return {"fetched": s.fetched, "skipped": s.skipped, "parked": s.parked,
+                "retried": s.retried, "fetched_bytes": s.fetched_bytes,
+                "skipped_bytes": s.skipped_bytes, "received_bytes": s.transferred,
+                "listed_files": s.listed_files, "listed_bytes": s.listed_bytes,
+                "pages": s.pages, "inflight": s.inflight, "listing": self._listing}
 
     def request_stop(self, why: str = "stop requested") -> None:
         if not self._stop.is_set():
@@ -93,12 +105,25 @@ class Worker:
                 self.limiter.set_workers(1 + len(self.presence.peers()))
                 if until_idle and not self._stop.is_set() and await self._job_done():
                     log.info("job %s is done", self.spec.name)
+                    await self._finished()
                     break
         finally:
             await self._drain()
             await self.presence.stop()
         if self.fatal is not None:
             raise self.fatal
+
+    async def _finished(self) -> None:
+        """Tell followers of the job's events that it is done (the listing worker does)."""
+        if not self.settings.lists:
+            return
+        parked = 0
+        with contextlib.suppress(MirrorError):
+            depth = (await self.broker.depths()).get(self.topology.parked_queue)
+            parked = depth.ready if depth is not None else 0
+        with contextlib.suppress(MirrorError):
+            await self.broker.publish_event(finished_event(self.spec.name, {
+                "parked_total": parked, **self.counts()}))
 
     async def _job_done(self) -> bool:
         try:
@@ -143,10 +168,17 @@ class Worker:
         job = delivery.job
         try:
             if isinstance(job, ListJob):
-                await list_dir(job, self.ctx)
+                self._listing += 1
+                try:
+                    await list_dir(job, self.ctx)
+                finally:
+                    self._listing -= 1
             else:
                 async with self._fetch_slots:
-                    await fetch_file(job, self.ctx)
+                    outcome = await fetch_file(job, self.ctx)
+                if outcome in ("fetched", "skipped") and self.settings.file_events:
+                    # Confirmed before the ack: at least once, never lost.
+                    await self.broker.publish_event(file_event(outcome, self.spec.name, job))
         except asyncio.CancelledError:
             await asyncio.shield(self._settle(delivery.release()))
             raise
@@ -177,13 +209,16 @@ class Worker:
             delay = max(delay, exc.retry_after_s)
         log.info("%s: %s; retry %d/%d in about %.0fs", delivery.job.path or "/", describe(exc),
                  attempts, self.spec.max_attempts - 1, delay)
-        self.stats.retried += 1
+        self.stats.retry(type(exc).__name__)
         await self._settle(delivery.retry(delay))
 
     async def _park(self, delivery: Delivery, exc: BaseException, attempts: int) -> None:
         reason = Reason.from_error(exc, attempts)
         log.warning("parked %s: %s", delivery.job.path or "/", describe(exc))
         self.stats.park(delivery.job.path, reason)
+        with contextlib.suppress(MirrorError):  # parking matters more than telling about it
+            if self.settings.file_events:
+                await self.broker.publish_event(parked_event(self.spec.name, delivery.job, reason))
         await self._settle(delivery.park(reason))
 
     async def _settle(self, action: Awaitable[None]) -> None:

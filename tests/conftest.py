@@ -49,6 +49,17 @@ def rabbit_available() -> None:
         pytest.skip(message)
 
 
+def need_tool(tool: str, install: str) -> str:
+    """The path of a command-line tool; a failure in CI without it, a loud skip elsewhere."""
+    path = shutil.which(tool)
+    if path is None:
+        message = f"{tool} is not installed ({install})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 @pytest.fixture
 def job_name() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"

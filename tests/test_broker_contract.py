@@ -235,6 +235,26 @@ async def test_control_broadcast_reaches_subscribers(brokers: Factory, job_name:
     assert got == [{"type": "stop", "reason": "test"}] * 2
 
 
+async def test_events_reach_event_subscribers_only(brokers: Factory, job_name: str) -> None:
+    """Job events go to event subscribers, in order, and not to control subscribers."""
+    a, c = await brokers(), await brokers()
+    await a.declare(spec_of(job_name))
+    await c.attach()
+    events: list[dict[str, Any]] = []
+    control: list[dict[str, Any]] = []
+    await c.subscribe_events(events.append)
+    await c.subscribe(control.append)
+    sent = [{"event": "file.fetched", "path": f"a/{i}", "size": i} for i in range(20)]
+    sent.append({"event": "job.finished", "fetched": 20})
+    for event in sent:
+        await a.publish_event(event)
+    deadline = time.monotonic() + 5
+    while len(events) < len(sent) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert events == sent
+    assert control == []
+
+
 async def test_attach_reads_spec_and_missing_job_is_clear(brokers: Factory,
                                                           job_name: str) -> None:
     b = await brokers()

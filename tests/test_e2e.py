@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mirror.jobs import JobSpec
+from mirror.ratelimit import RateSettings
 from mirror.runner import Outcome, WorkOptions, run_job
 from mirror.settings import SourceSettings, WorkerSettings
 from mirror.testing.compare import tree_differences
@@ -43,8 +44,11 @@ async def mirror_bucket(bucket: BucketInfo, dest: Path, state: Path, job: str,
         settings = SourceSettings(endpoint=fake.url, list_limit=100, env=CREDENTIALS,
                                   request_retries=0 if faulted else 2)
         worker = WorkerSettings(concurrency=16, resume_retries=0 if faulted else 2)
+        # The fake answers a fixed share of requests 429/503 whatever the rate, which adaptive
+        # backoff (tested in test_ratelimit) would answer by crawling at a few requests/s.
+        rates = RateSettings(adaptive=not faulted)
         outcome = await run_job(spec, dest, broker_url, settings,
-                                WorkOptions(worker, until_idle=True), state)
+                                WorkOptions(worker, until_idle=True, rates=rates), state)
         return Run(outcome, fake.stats.to_dict())
 
 

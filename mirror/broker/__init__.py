@@ -145,6 +145,14 @@ class Broker(Protocol):
 
     async def subscribe(self, callback: ControlCallback) -> None: ...
 
+    async def publish_event(self, event: dict[str, Any]) -> None:
+        """Send one job event (``mirror.events``); returns once the broker has it."""
+        ...
+
+    async def subscribe_events(self, callback: ControlCallback) -> None:
+        """Receive the job's events from now on (a temporary subscription)."""
+        ...
+
     async def close(self) -> None: ...
 
 

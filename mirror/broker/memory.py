@@ -112,6 +112,7 @@ class MemoryBroker:
         self._parked: list[ParkedJob] = []
         self._on_park = on_park
         self._subscribers: list[ControlCallback] = []
+        self._event_subscribers: list[ControlCallback] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
 
@@ -214,6 +215,13 @@ class MemoryBroker:
 
     async def subscribe(self, callback: ControlCallback) -> None:
         self._subscribers.append(callback)
+
+    async def publish_event(self, event: dict[str, Any]) -> None:
+        for callback in list(self._event_subscribers):
+            callback(dict(event))
+
+    async def subscribe_events(self, callback: ControlCallback) -> None:
+        self._event_subscribers.append(callback)
 
     async def close(self) -> None:
         for handle in self._timers:

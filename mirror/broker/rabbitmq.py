@@ -8,7 +8,8 @@ Layout of one job ``J`` (every name starts with the job name, so jobs never touc
   fed by a fanout exchange of the same name so the routing key can carry the destination;
 - ``J.parked``: jobs that failed for good, with their reason in headers;
 - ``J.meta``: one message, the job's spec, so a worker needs nothing but the job name;
-- ``J.control``: fanout exchange for presence reports and stop requests (not durable data).
+- ``J.control``: fanout exchange for presence reports and stop requests (not durable data);
+- ``J.events``: topic exchange of job events (``mirror.events``) for other systems to follow.
 
 Publishing and consuming use separate robust connections: a consumer that the broker blocks
 (resource alarm) or a slow ack path does not stall follow-up publishes, and vice versa.
@@ -39,6 +40,7 @@ from aio_pika.abc import (
 
 from mirror.broker import ControlCallback, Handler, ParkedJob, QueueDepth, Topology
 from mirror.errors import BrokerError, BrokerUnavailable, ConfigError, ProtocolError
+from mirror.events import events_exchange
 from mirror.jobs import Job, JobSpec, Reason, decode_job, encode_job
 
 log = logging.getLogger(__name__)
@@ -170,6 +172,7 @@ class RabbitBroker:
         self._query_channel: AbstractChannel | None = None
         self._channels: list[AbstractChannel] = []  # strong refs: robust restore needs them
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._events_declared = False
 
     @classmethod
     async def connect(cls, url: str, job: str, *, connection_name: str = "bucket-mirror",
@@ -255,6 +258,8 @@ class RabbitBroker:
                 await queue.bind(exchange)
             await channel.declare_exchange(_control_exchange(self.job),
                                            aio_pika.ExchangeType.FANOUT, durable=True)
+            await channel.declare_exchange(events_exchange(self.job),
+                                           aio_pika.ExchangeType.TOPIC, durable=True)
             # drop-head at length 1: publishing a new spec replaces the old one.
             await channel.declare_queue(_meta_queue(self.job), durable=True,
                                         arguments={**QUEUE_ARGS, "x-max-length": 1})
@@ -306,8 +311,9 @@ class RabbitBroker:
     # -- publishing --------------------------------------------------------------------
 
     async def _publish_raw(self, exchange_name: str, routing_key: str, body: bytes,
-                           headers: dict[str, Any]) -> None:
-        """One persistent, mandatory, confirmed publish; rides out reconnects for a while."""
+                           headers: dict[str, Any], mandatory: bool = True) -> None:
+        """One persistent, confirmed publish (mandatory: a queue must take it); rides out
+        reconnects for a while."""
         message = aio_pika.Message(body, headers=headers or None,
                                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                                    content_type="application/json")
@@ -322,7 +328,7 @@ class RabbitBroker:
                         exchange = await channel.get_exchange(exchange_name, ensure=False)
                     else:
                         exchange = channel.default_exchange
-                    await exchange.publish(message, routing_key, mandatory=True, timeout=30)
+                    await exchange.publish(message, routing_key, mandatory=mandatory, timeout=30)
                     return
                 except aio_pika.exceptions.PublishError as exc:
                     raise BrokerError(
@@ -551,10 +557,16 @@ class RabbitBroker:
                               lambda: self._subscribe(callback))
 
     async def _subscribe(self, callback: ControlCallback) -> None:
+        await self._subscribe_to(_control_exchange(self.job), callback)
+
+    async def _subscribe_to(self, exchange: str, callback: ControlCallback,
+                            declare: Callable[[], Awaitable[Any]] | None = None) -> None:
+        if declare is not None:
+            await declare()
         channel = await self._con_conn.channel()
         self._channels.append(channel)
         queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
-        await queue.bind(_control_exchange(self.job))
+        await queue.bind(exchange, routing_key="#")
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             try:
@@ -565,6 +577,28 @@ class RabbitBroker:
                 callback(data)
 
         await queue.consume(on_message, no_ack=True)
+
+    # -- events ------------------------------------------------------------------------
+
+    async def publish_event(self, event: dict[str, Any]) -> None:
+        if not self._events_declared:
+            # Jobs seeded by an older version have no events exchange yet.
+            await self._patiently("creating the events exchange", self._declare_events)
+        await self._publish_raw(events_exchange(self.job), str(event.get("event", "")),
+                                json.dumps(event, ensure_ascii=False).encode(), {},
+                                mandatory=False)
+
+    async def _declare_events(self) -> AbstractExchange:
+        channel = await self._publisher()
+        exchange = await channel.declare_exchange(events_exchange(self.job),
+                                                  aio_pika.ExchangeType.TOPIC, durable=True)
+        self._events_declared = True
+        return exchange
+
+    async def subscribe_events(self, callback: ControlCallback) -> None:
+        await self._patiently("subscribing to job events",
+                              lambda: self._subscribe_to(events_exchange(self.job), callback,
+                                                         declare=self._declare_events))
 
     # -- tear-down ---------------------------------------------------------------------
 
@@ -582,6 +616,7 @@ class RabbitBroker:
                 for name in self._topology.retry_queues:
                     await channel.exchange_delete(name)
             await channel.exchange_delete(_control_exchange(self.job))
+            await channel.exchange_delete(events_exchange(self.job))
         finally:
             with contextlib.suppress(*_RECOVERABLE):
                 await channel.close()

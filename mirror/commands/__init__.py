@@ -1,5 +1,5 @@
 """Subcommands of ``mirror``; importing this package registers them on ``mirror.cli.cli``."""
 
-from mirror.commands import admin, mirroring, tools
+from mirror.commands import admin, mirroring, tools, watching
 
-__all__ = ["admin", "mirroring", "tools"]
+__all__ = ["admin", "mirroring", "tools", "watching"]

@@ -17,8 +17,8 @@ from mirror.broker.rabbitmq import RabbitBroker
 from mirror.cli import (
     cli,
     live_progress,
-    make_rate_settings,
     make_source_settings,
+    make_work_options,
     make_worker_settings,
     run_async,
     source_options,
@@ -144,8 +144,7 @@ def retry(ctx: click.Context, /, job_name: str, broker: str | None, reasons: tup
                    + (f" (reasons present: {', '.join(labels)})" if labels else ""))
         return 0
     click.echo(f"job {job_name}: retrying {len(chosen)} parked jobs into {last.dest}")
-    options = runner.WorkOptions(make_worker_settings(o), until_idle=True, live_progress=live,
-                                 rates=make_rate_settings(o))
+    options = make_work_options(o, make_worker_settings(o), until_idle=True, live=live)
     outcome = run_async(runner.run_job(
         last.spec, last.dest, None, make_source_settings(ctx, o), options, state,
         initial=[p.job for p in chosen], keep_parked=keep))

@@ -12,9 +12,9 @@ from mirror.cli import (
     cli,
     job_options,
     live_progress,
-    make_rate_settings,
     make_source_settings,
     make_spec,
+    make_work_options,
     make_worker_settings,
     run_async,
     source_options,
@@ -51,8 +51,7 @@ def run(ctx: click.Context, /, source: str, dest: Path, broker: str | None, job_
     name = runner.check_job_name(job_name or runner.default_job_name(
         source, dest.resolve() if broker is None else None))
     spec = make_spec(name, source, o)
-    options = runner.WorkOptions(make_worker_settings(o), until_idle=True, live_progress=live,
-                                 rates=make_rate_settings(o))
+    options = make_work_options(o, make_worker_settings(o), until_idle=True, live=live)
     outcome = run_async(runner.run_job(spec, dest, broker, make_source_settings(ctx, o),
                                        options, state_dir_of(o)))
     click.echo(runner.report(outcome))
@@ -60,7 +59,7 @@ def run(ctx: click.Context, /, source: str, dest: Path, broker: str | None, job_
 
 
 @cli.command()
-@click.argument("source")
+@click.argument("source", envvar="MIRROR_SOURCE")
 @click.option("--job", "job_name", envvar="MIRROR_JOB", required=True, metavar="NAME")
 @click.option("--broker", envvar="MIRROR_BROKER_URL", required=True, metavar="URL")
 @click.option("--force", is_flag=True, help="Seed again even if the job has pending work.")
@@ -119,8 +118,7 @@ def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path | None,
     live = live_progress(o, ctx)
     start_logging(ctx, live)
     settings = make_worker_settings(o, role)
-    options = runner.WorkOptions(settings, until_idle=until_idle, live_progress=live,
-                                 rates=make_rate_settings(o))
+    options = make_work_options(o, settings, until_idle=until_idle, live=live)
     claims = [parse_claim(d) for d in disks]
     if settings.fetches and dest is None and not claims:
         raise click.UsageError(f"--role {role} fetches files: give --dest DIR or --disk "

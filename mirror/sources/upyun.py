@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from email.utils import formatdate
@@ -148,10 +149,16 @@ class UpyunSource:
                        budget: Budget = "fetch") -> aiohttp.ClientResponse:
         """One signed try (a fresh Date each time); returns an open, successful response."""
         async with self._limiter.request(budget):
-            resp = await self._http().request(
-                method, URL(self._endpoint + uri, encoded=True),
-                headers=self._headers(method, uri, extra), allow_redirects=False,
-            )
+            started = time.monotonic()
+            try:
+                resp = await self._http().request(
+                    method, URL(self._endpoint + uri, encoded=True),
+                    headers=self._headers(method, uri, extra), allow_redirects=False,
+                )
+            except Exception:
+                self._limiter.record(budget, 0, time.monotonic() - started)
+                raise
+        self._limiter.record(budget, resp.status, time.monotonic() - started)
         if resp.status < 300:
             self._limiter.success(budget)
             return resp

@@ -29,7 +29,8 @@ def free_port() -> int:
 
 class PrivateRabbit:
     def __init__(self, *, consumer_timeout_ms: int | None = None,
-                 start_timeout_s: float = 60) -> None:
+                 start_timeout_s: float = 60, extra_config: str = "",
+                 plugins: tuple[str, ...] = ()) -> None:
         # Its own folder under the system temp dir: the node runs as the rabbitmq user, who
         # cannot enter a test's private tmp_path.
         self.base = Path(tempfile.mkdtemp(prefix="bucket-mirror-rabbit-"))
@@ -39,6 +40,10 @@ class PrivateRabbit:
         self.node = f"bmtest-{uuid.uuid4().hex[:8]}@localhost"
         self.consumer_timeout_ms = consumer_timeout_ms
         self.start_timeout_s = start_timeout_s
+        self.extra_config = extra_config  # rabbitmq.conf lines appended to ours
+        self.plugins = plugins
+        # The management API's port, when the rabbitmq_management plugin is asked for.
+        self.management_port = free_port() if "rabbitmq_management" in plugins else None
         self._launcher: asyncio.subprocess.Process | None = None
 
     @property
@@ -55,8 +60,11 @@ class PrivateRabbit:
         lines = [f"listeners.tcp.default = 127.0.0.1:{self.port}", "loopback_users = none"]
         if self.consumer_timeout_ms is not None:
             lines.append(f"consumer_timeout = {self.consumer_timeout_ms}")
-        (self.base / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
-        (self.base / "enabled_plugins").write_text("[].\n")
+        if self.management_port is not None:
+            lines.append(f"management.tcp.port = {self.management_port}")
+            lines.append("management.tcp.ip = 127.0.0.1")
+        (self.base / "rabbitmq.conf").write_text("\n".join(lines) + "\n" + self.extra_config)
+        (self.base / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         if os.geteuid() == 0:
             shutil.chown(self.base, "rabbitmq", "rabbitmq")
             for path in self.base.rglob("*"):
@@ -140,6 +148,16 @@ class PrivateRabbit:
         """Stop the node and remove its folder."""
         await self.stop()
         await asyncio.to_thread(shutil.rmtree, self.base, True)
+
+    async def eval(self, expr: str) -> str:
+        """Evaluate an Erlang expression on the node (rabbitmqctl eval)."""
+        proc = await asyncio.create_subprocess_exec(
+            "rabbitmqctl", "-n", self.node, "eval", expr, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl eval {expr!r} failed: {out.decode()[-500:]}")
+        return out.decode().strip()
 
     def log_text(self) -> str:
         return "".join(p.read_text(errors="replace") for p in (self.base / "log").glob("*.log"))

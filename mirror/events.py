@@ -1,0 +1,54 @@
+"""Job events: what happened to each file, and that the job finished, for other systems.
+
+Each event is one JSON message on the job's topic exchange ``J.events``, with the event's kind
+as routing key:
+
+- ``file.fetched``, ``file.skipped`` (already current), ``file.parked`` (failed for good);
+- ``folder.parked`` (a listing that failed for good: its files are unknown);
+- ``job.finished``: nothing is queued, delayed or held any more.
+
+Delivery is at least once: a file's event is confirmed by the broker before its job is acked,
+so a worker that dies in between does the file again (a skip) and sends a second event.
+Consumers key on ``path``. A system that must not miss events binds its own durable queue to
+``J.events`` before it seeds the job; ``mirror watch`` binds a temporary one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from mirror.jobs import FetchJob, Job, Reason
+
+KINDS = ("file.fetched", "file.skipped", "file.parked", "folder.parked", "job.finished")
+
+
+def events_exchange(job: str) -> str:
+    return f"{job}.events"
+
+
+def _base(kind: str, job: str) -> dict[str, Any]:
+    return {"event": kind, "job": job, "time": round(time.time(), 3),
+            "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def file_event(kind: str, job_name: str, job: FetchJob) -> dict[str, Any]:
+    return {**_base(f"file.{kind}", job_name), "path": job.path, "size": job.size}
+
+
+def parked_event(job_name: str, job: Job, reason: Reason) -> dict[str, Any]:
+    if isinstance(job, FetchJob) and not job.is_dir:
+        event = file_event("parked", job_name, job)
+    else:
+        event = {**_base("folder.parked", job_name), "path": job.path}
+    event["reason"] = reason.to_dict()
+    return event
+
+
+def finished_event(job_name: str, counts: dict[str, int]) -> dict[str, Any]:
+    return {**_base("job.finished", job_name), **counts}
+
+
+__all__ = ["KINDS", "events_exchange", "file_event", "finished_event", "parked_event"]
