@@ -232,19 +232,36 @@ async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: C
         ctx.stats.transferred += len(data)
         await disk.run(_write_and_commit, part, data, track, job, md5)
         return
-    buf = bytearray()
     watch = RateWatch(ctx.settings.min_rate_bps, ctx.settings.stall_window_s)
-    async for chunk in body.chunks(ctx.settings.chunk_size):
-        buf += chunk
-        ctx.stats.transferred += len(chunk)
-        watch.add(len(chunk), job.path)
-        if part.size + len(buf) > job.size:
-            raise IntegrityError(f"{job.path}: the source sent more than the listed {job.size} "
-                                 "bytes")
-        if len(buf) >= ctx.settings.chunk_size:
-            await disk.run(part.write, bytes(buf), track)
-            buf.clear()
-    await disk.run(_write_and_commit, part, bytes(buf), track, job, md5)
+    # Chunks are gathered into a batch and written with one pwritev in the disk pool while
+    # the next batch is received: network and disk overlap, and no bytes are copied.
+    batch: list[bytes] = []
+    batched = 0
+    received = part.size
+    writing: asyncio.Future[None] | None = None
+    try:
+        async for chunk in body.chunks(ctx.settings.chunk_size):
+            received += len(chunk)
+            ctx.stats.transferred += len(chunk)
+            watch.add(len(chunk), job.path)
+            if received > job.size:
+                raise IntegrityError(f"{job.path}: the source sent more than the listed "
+                                     f"{job.size} bytes")
+            batch.append(chunk)
+            batched += len(chunk)
+            if batched >= ctx.settings.chunk_size:
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(disk.run(part.write_many, batch, track))
+                batch, batched = [], 0
+        if writing is not None:
+            await writing
+            writing = None
+        await disk.run(_write_and_commit, part, b"".join(batch), track, job, md5)
+    finally:
+        if writing is not None:  # the part must not be closed under a running write
+            with contextlib.suppress(Exception):
+                await asyncio.shield(writing)
 
 
 class RateWatch:

@@ -46,7 +46,10 @@ class Body(Protocol):
     total_size: int | None
     md5: str | None
 
-    def chunks(self, size: int) -> AsyncIterator[bytes]: ...
+    def chunks(self, size: int) -> AsyncIterator[bytes]:
+        """The body in pieces of at most about ``size`` bytes (a hint: sources may yield
+        whatever has arrived)."""
+        ...
 
     async def read_all(self) -> bytes: ...
 
@@ -80,6 +83,7 @@ def open_source(url: str, settings: SourceSettings, limiter: Limiter | None = No
 
 def _factories() -> dict[str, SourceFactory]:
     # Imported lazily so a worker only loads the backend it uses.
-    from mirror.sources import upyun
+    from mirror.sources import httpindex, upyun
 
-    return {"upyun": upyun.UpyunSource.from_url}
+    return {"upyun": upyun.UpyunSource.from_url, "http": httpindex.HttpIndexSource.from_url,
+            "https": httpindex.HttpIndexSource.from_url}

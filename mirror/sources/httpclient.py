@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
@@ -16,6 +17,7 @@ import aiohttp
 from mirror.errors import (
     ErrorDetail,
     MirrorError,
+    ProtocolError,
     RateLimited,
     SourceUnavailable,
     Stalled,
@@ -130,6 +132,14 @@ async def with_retries(
             await asyncio.sleep(wait)
 
 
+def content_range(value: str | None, what: str) -> tuple[int, int | None]:
+    """Start and total size from a 206's Content-Range (total None when ``*``)."""
+    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (value or "").strip())
+    if not m:
+        raise ProtocolError(f"{what}: 206 with an unreadable Content-Range {value!r}")
+    return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
+
+
 class HttpBody:
     """A streamed response body; errors while reading are translated like the request's."""
 
@@ -152,7 +162,9 @@ class HttpBody:
     async def chunks(self, size: int) -> AsyncIterator[bytes]:
         try:
             while True:
-                chunk = await self._resp.content.read(size)
+                # readany: whatever has arrived, without waiting to fill ``size`` and without
+                # an extra copy; the caller batches chunks for the disk.
+                chunk = await self._resp.content.readany()
                 if not chunk:
                     return
                 if self._limiter is not None:

@@ -38,6 +38,7 @@ from mirror.settings import DEFAULT_UPYUN_ENDPOINT, SourceSettings
 from mirror.sources import Entry, Page
 from mirror.sources.httpclient import (
     HttpBody,
+    content_range,
     make_session,
     retry_after_s,
     status_detail,
@@ -223,7 +224,7 @@ class UpyunSource:
         try:
             start, total = 0, resp.content_length
             if resp.status == 206:
-                start, total = _content_range(resp.headers.get("Content-Range"), what)
+                start, total = content_range(resp.headers.get("Content-Range"), what)
             yield HttpBody(resp, what, start, total, _md5_of(resp.headers), self._limiter)
         finally:
             resp.release()
@@ -239,14 +240,6 @@ def _md5_of(headers: Mapping[str, str]) -> str | None:
         if value and _MD5_HEX.match(value):
             return value.lower()
     return None
-
-
-def _content_range(value: str | None, what: str) -> tuple[int, int | None]:
-    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (value or "").strip())
-    if not m:
-        raise ProtocolError(f"{what}: 206 with an unreadable Content-Range {value!r}")
-    total = None if m.group(3) == "*" else int(m.group(3))
-    return int(m.group(1)), total
 
 
 def parse_listing(raw: bytes, header_iter: str | None, path: str, cursor: str | None) -> Page:

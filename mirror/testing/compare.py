@@ -10,8 +10,14 @@ from mirror.disk import PART_SUFFIX
 
 
 def tree_differences(source: Path, mirror: Path, *, mtimes: bool = True,
-                     limit: int = 50) -> list[str]:
-    """Every difference between two trees (up to ``limit``); empty when identical."""
+                     limit: int = 50, mtime_resolution_s: int = 1,
+                     skip_hidden: bool = False) -> list[str]:
+    """Every difference between two trees (up to ``limit``); empty when identical.
+
+    ``mtime_resolution_s``: mtimes are compared truncated to this (60 for sources that list
+    minutes only); ``skip_hidden``: ignore source names starting with a dot (servers whose
+    indexes hide them, like nginx).
+    """
     problems: list[str] = []
 
     def note(text: str) -> bool:
@@ -20,7 +26,8 @@ def tree_differences(source: Path, mirror: Path, *, mtimes: bool = True,
 
     def walk(rel: str) -> bool:
         a, b = source / rel, mirror / rel
-        names_a = {e.name: e for e in os.scandir(a)}
+        names_a = {e.name: e for e in os.scandir(a)
+                   if not (skip_hidden and e.name.startswith("."))}
         names_b = {e.name: e for e in os.scandir(b)}
         for name in sorted(names_a.keys() | names_b.keys()):
             path = f"{rel}/{name}" if rel else name
@@ -50,7 +57,8 @@ def tree_differences(source: Path, mirror: Path, *, mtimes: bool = True,
             if sa.st_size != sb.st_size or not filecmp.cmp(ea.path, eb.path, shallow=False):
                 if note(f"content differs: {path}"):
                     return True
-            elif mtimes and int(sa.st_mtime) != int(sb.st_mtime) and note(
+            elif mtimes and (int(sa.st_mtime) // mtime_resolution_s
+                             != int(sb.st_mtime) // mtime_resolution_s) and note(
                 f"mtime differs: {path} ({sa.st_mtime} vs {sb.st_mtime})"
             ):
                 return True

@@ -1,0 +1,292 @@
+"""bucket-mirror against rclone and aria2 on the same data, from the same nginx, in one run.
+
+    python bench/compare.py [--small 20000] [--large 20] [--out bench/out] [--write-results]
+
+Builds (once, cached under --out) (a) small files with log-normal sizes (median about 15 KB)
+in folders of 20 and (b) 50 MB files; serves both with nginx on loopback (HTML indexes, the
+format rclone's http backend reads); then mirrors each set with:
+
+- bucket-mirror embedded (`mirror run URL DEST`), with and without --fsync;
+- bucket-mirror over RabbitMQ: `mirror seed`, one `--role list` and two `--role fetch`
+  processes (needs the broker at --broker);
+- `rclone copy` (http backend) with a few --transfers settings, where installed;
+- `aria2c -i` on the list of URLs (it cannot list), where installed.
+
+Every output tree is verified byte for byte. For each run it prints wall time, files/s, MB/s,
+CPU seconds and peak RSS (of each process, from wait4) and the ratio to rclone's best. Nothing
+here asserts a timing; --write-results writes the table and the machine to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mirror.testing.compare import tree_differences
+from mirror.testing.nginx import Nginx, find_nginx
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Result:
+    data: str
+    name: str
+    wall_s: float
+    files: int
+    size: int
+    cpu_s: float
+    peak_rss_mb: list[float] = field(default_factory=list)  # per process
+    ok: bool = True
+    note: str = ""
+
+    @property
+    def files_s(self) -> float:
+        return self.files / self.wall_s
+
+    @property
+    def mb_s(self) -> float:
+        return self.size / 1e6 / self.wall_s
+
+
+def build_small(root: Path, files: int, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    folders = max(1, files // 20)
+    for i in range(files):
+        folder = root / f"d{i % folders:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        size = min(4 << 20, int(math.exp(rng.gauss(math.log(15_000), 0.85))))
+        (folder / f"f{i:06d}.bin").write_bytes(rng.randbytes(size))
+
+
+def build_large(root: Path, files: int, size: int = 50 << 20) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        with (root / f"big{i:02d}.bin").open("wb") as fh:
+            for _ in range(size >> 20):
+                fh.write(os.urandom(1 << 20))
+
+
+def ensure_data(out: Path, small: int, large: int) -> dict[str, Path]:
+    sets = {"small": (out / f"data-small-{small}", lambda p: build_small(p, small)),
+            "large": (out / f"data-large-{large}", lambda p: build_large(p, large))}
+    for name, (path, build) in sets.items():
+        if not (path / ".complete").exists():
+            print(f"building the {name} data set in {path} ...", flush=True)
+            shutil.rmtree(path, ignore_errors=True)
+            build(path)
+            (path / ".complete").write_text("")  # hidden: nginx does not list it
+    return {name: path for name, (path, _) in sets.items()}
+
+
+def tree_size(root: Path) -> tuple[int, int]:
+    files = size = 0
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            if not n.startswith("."):
+                files += 1
+                size += os.stat(os.path.join(dirpath, n)).st_size
+    return files, size
+
+
+def run_procs(commands: list[list[str]], env: dict[str, str],
+              log: Path) -> tuple[float, float, list[float], list[int]]:
+    """Start the commands together; wall time, total CPU, peak RSS (MB) and exit codes."""
+    started = time.monotonic()
+    with log.open("ab") as out:
+        procs = [subprocess.Popen(c, env=env, stdout=out, stderr=out) for c in commands]
+    cpu, rss, codes = 0.0, [], []
+    for p in procs:
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        cpu += usage.ru_utime + usage.ru_stime
+        rss.append(usage.ru_maxrss / 1024)
+        codes.append(p.returncode)
+    return time.monotonic() - started, cpu, rss, codes
+
+
+def verify(src: Path, dest: Path, mtimes: bool) -> str:
+    problems = tree_differences(src, dest, mtimes=mtimes, mtime_resolution_s=60,
+                                skip_hidden=True, limit=5)
+    return "; ".join(problems)
+
+
+def mirror_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mirror", "-q", *args]
+
+
+def bench_embedded(url: str, dest: Path, state: Path, fsync: bool) -> list[list[str]]:
+    return [mirror_cmd("run", url, str(dest), "--no-progress", "--state-dir", str(state),
+                       "--concurrency", "32", "--fsync" if fsync else "--no-fsync")]
+
+
+def main() -> int:  # noqa: PLR0915  (one linear script)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--small", type=int, default=20_000, help="small files (default 20000)")
+    ap.add_argument("--large", type=int, default=20, help="50 MB files (default 20)")
+    ap.add_argument("--out", type=Path, default=HERE / "out")
+    ap.add_argument("--broker", default=os.environ.get("MIRROR_TEST_BROKER_URL",
+                                                       "amqp://guest:guest@127.0.0.1:5672/"))
+    ap.add_argument("--transfers", default="16,32,64", help="rclone --transfers to try")
+    ap.add_argument("--write-results", action="store_true", help="write bench/RESULTS.md")
+    args = ap.parse_args()
+
+    if find_nginx() is None:
+        print("installing nginx (apt-get install nginx) ...", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "nginx"], check=True,
+                       stdout=subprocess.DEVNULL)
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = ensure_data(args.out, args.small, args.large)
+    work = args.out / "runs"
+    log = args.out / "bench.log"
+    env = {**os.environ}
+    results: list[Result] = []
+    rclone, aria2 = shutil.which("rclone"), shutil.which("aria2c")
+
+    def run_all(nginx: Nginx) -> None:
+        for name, src in data.items():
+            url = f"{nginx.url}{src.name}/"
+            files, size = tree_size(src)
+
+            def record(label: str, commands: list[list[str]], dest: Path,
+                       mtimes: bool = True, src: Path = src, files: int = files,
+                       size: int = size, name: str = name) -> None:
+                shutil.rmtree(work, ignore_errors=True)
+                work.mkdir(parents=True)
+                print(f"[{name}] {label} ...", flush=True)
+                wall, cpu, rss, codes = run_procs(commands, env, log)
+                problem = "" if all(c == 0 for c in codes) else f"exit codes {codes}"
+                problem = problem or verify(src, dest, mtimes)
+                results.append(Result(name, label, wall, files, size, cpu, rss,
+                                      not problem, problem))
+                print(f"    {wall:.1f} s, {files / wall:.0f} files/s, "
+                      f"{size / 1e6 / wall:.1f} MB/s, CPU {cpu:.1f} s, peak RSS "
+                      f"{max(rss):.0f} MB {'OK' if not problem else 'FAILED: ' + problem}",
+                      flush=True)
+
+            dest = work / "dest"
+            state = work / "state"
+            record("bucket-mirror embedded --no-fsync",
+                   bench_embedded(url, dest, state, fsync=False), dest)
+            record("bucket-mirror embedded --fsync",
+                   bench_embedded(url, dest, state, fsync=True), dest)
+
+            job = f"bench-{uuid.uuid4().hex[:8]}"
+            seed = mirror_cmd("seed", url, "--job", job, "--broker", args.broker)
+            seeded = subprocess.run(seed, env=env, capture_output=True, check=False)
+            if seeded.returncode == 0:
+                common = ("work", "--job", job, "--broker", args.broker, "--until-idle",
+                          "--no-progress", "--state-dir", str(state))
+                record("bucket-mirror rabbitmq 1 lister + 2 fetchers --no-fsync", [
+                    mirror_cmd(*common, "--role", "list"),
+                    mirror_cmd(*common, "--role", "fetch", "--dest", str(dest),
+                               "--concurrency", "32", "--no-fsync"),
+                    mirror_cmd(*common, "--role", "fetch", "--dest", str(dest),
+                               "--concurrency", "32", "--no-fsync"),
+                ], dest)
+                subprocess.run([sys.executable, "-c", (
+                    "import asyncio\nfrom mirror.broker.rabbitmq import RabbitBroker\n"
+                    "async def m():\n"
+                    f"    b = await RabbitBroker.connect({args.broker!r}, {job!r})\n"
+                    "    await b.attach(); await b.delete_job(); await b.close()\n"
+                    "asyncio.run(m())")], env=env, check=False)
+            else:
+                print(f"    (no RabbitMQ at {args.broker}: skipping the broker run)")
+
+            if rclone:
+                for t in args.transfers.split(","):
+                    record(f"rclone copy --transfers {t}", [[
+                        rclone, "copy", "--http-url", url, ":http:", str(dest),
+                        "--transfers", t, "--checkers", t, "--http-no-head", "-q"]], dest)
+            if aria2:
+                listing = work.parent / f"aria2-{name}.txt"
+                with listing.open("w") as fh:
+                    for dirpath, _, names in os.walk(src):
+                        rel = os.path.relpath(dirpath, src)
+                        for n in names:
+                            if n.startswith("."):
+                                continue
+                            sub = "" if rel == "." else rel + "/"
+                            fh.write(f"{url}{sub}{n}\n  dir={dest / sub}\n  out={n}\n")
+                record("aria2c -i (URL list given) -j 32", [[
+                    aria2, "-i", str(listing), "-j", "32", "-x", "1", "-q",
+                    "--auto-file-renaming=false", "--allow-overwrite=true",
+                    "--file-allocation=none", "--console-log-level=error"]], dest,
+                    mtimes=False)
+
+    # nginx is started and stopped on an event loop of its own; the runs are plain processes.
+    nginx = Nginx(args.out, workers=2)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(nginx.start())
+    try:
+        run_all(nginx)
+    finally:
+        loop.run_until_complete(nginx.stop())
+        loop.close()
+    table = render(results)
+    print("\n" + table)
+    if args.write_results:
+        write_results(table, rclone, aria2)
+    return 0 if all(r.ok for r in results) else 1
+
+
+def render(results: list[Result]) -> str:
+    lines = ["| data | run | wall s | files/s | MB/s | CPU s | peak RSS MB (per process) "
+             "| vs rclone best | verified |", "|---|---|---|---|---|---|---|---|---|"]
+    for data in dict.fromkeys(r.data for r in results):
+        rows = [r for r in results if r.data == data]
+        key = (lambda r: r.files_s) if data == "small" else (lambda r: r.mb_s)
+        rclones = [key(r) for r in rows if r.name.startswith("rclone") and r.ok]
+        best = max(rclones) if rclones else None
+        for r in rows:
+            ratio = f"{key(r) / best:.2f}" if best else "n/a"
+            rss = ", ".join(f"{m:.0f}" for m in r.peak_rss_mb)
+            lines.append(f"| {data} | {r.name} | {r.wall_s:.1f} | {r.files_s:.0f} | "
+                         f"{r.mb_s:.1f} | {r.cpu_s:.1f} | {rss} | {ratio} | "
+                         f"{'yes' if r.ok else 'NO: ' + r.note} |")
+    return "\n".join(lines)
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=10)
+    except OSError:
+        return "not installed"
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) \
+        else "?"
+
+
+def write_results(table: str, rclone: str | None, aria2: str | None) -> None:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = next(line.split(":", 1)[1].strip() for line in
+               Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    nginx = find_nginx() or "nginx"
+    machine = [
+        f"- CPU: {os.cpu_count()} x {cpu}; memory {mem}; {platform.platform()}",
+        f"- Python {platform.python_version()}; {_version([nginx, '-v'])}",
+        f"- rclone: {_version([rclone, 'version']) if rclone else 'not installed'}",
+        f"- aria2: {_version([aria2, '--version']) if aria2 else 'not installed'}",
+    ]
+    text = (HERE / "RESULTS.md").read_text() if (HERE / "RESULTS.md").exists() else ""
+    head = text.split("<!-- compare.py -->")[0].rstrip() or "# Benchmark results"
+    body = (f"{head}\n\n<!-- compare.py -->\n## bench/compare.py, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+            + "\n".join(machine) + "\n\n" + table + "\n")
+    (HERE / "RESULTS.md").write_text(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

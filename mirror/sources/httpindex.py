@@ -1,0 +1,338 @@
+"""HTTP directory-index source (``http://host/path/``, ``https://...``).
+
+Reads the index pages web servers generate: nginx ``autoindex`` (HTML, and JSON with
+``autoindex_format json``), Apache ``mod_autoindex`` and Caddy ``file_server browse`` (HTML, and
+JSON when asked with ``Accept: application/json``). A folder is one page. Sizes and mtimes are
+taken from the index where it gives them exactly (nginx JSON and HTML with exact sizes, Caddy
+JSON); otherwise each file gets a HEAD request. Only links to direct children of the folder
+count: parent links, sort links, absolute links elsewhere and anything with a query are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from email.utils import parsedate_to_datetime
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import quote, unquote, urljoin, urlsplit
+
+import aiohttp
+from yarl import URL
+
+from mirror import __version__
+from mirror.errors import (
+    AccessDenied,
+    ConfigError,
+    CredentialsRejected,
+    MirrorError,
+    NotFound,
+    PermanentError,
+    ProtocolError,
+)
+from mirror.ratelimit import UNLIMITED, Budget, Limiter
+from mirror.settings import SourceSettings
+from mirror.sources import Entry, Page
+from mirror.sources.httpclient import (
+    HttpBody,
+    content_range,
+    make_session,
+    retry_after_s,
+    status_detail,
+    transient_for_status,
+    with_retries,
+)
+
+MAX_INDEX_BYTES = 256 * 1024 * 1024  # a folder of a few million entries; more is an error
+HEAD_CONCURRENCY = 16
+# nginx HTML: <a href="x">x</a>   21-Nov-2026 10:00    1234   (size "-" for folders)
+_NGINX_ROW = re.compile(r"^\s*(\d{2}-[A-Za-z]{3}-\d{4} \d{2}:\d{2})\s+(\d+|-)\s*$")
+_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+                                       "Sep", "Oct", "Nov", "Dec"), start=1)}
+
+
+class _Links(HTMLParser):
+    """The <a href> links of an index page, each with the text right after its </a>."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.links: list[tuple[str, str]] = []  # (href, text after the link up to the next tag)
+        self._in_a = False
+        self._after: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            href = dict(attrs).get("href")
+            if href is not None:
+                self.links.append((href, ""))
+                self._in_a = True
+            self._after = None
+        elif self._after is not None and tag not in ("br",):
+            self._after = None
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._in_a:
+            self._in_a = False
+            self._after = []
+
+    def handle_data(self, data: str) -> None:
+        if self._after is not None and self.links:
+            self._after.append(data)
+            href, _ = self.links[-1]
+            self.links[-1] = (href, "".join(self._after))
+
+
+def _nginx_mtime(text: str) -> float:
+    day, mon, rest = text.split("-", 2)
+    year, hm = rest.split(" ")
+    hour, minute = hm.split(":")
+    return float(calendar.timegm((int(year), _MONTHS[mon], int(day), int(hour), int(minute), 0)))
+
+
+def _http_date(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        pass
+    try:  # Caddy: RFC 3339
+        from datetime import datetime
+
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def child_name(href: str, folder_url: str) -> tuple[str, bool] | None:
+    """The child's raw name and whether it is a folder, or None if the link is not a child."""
+    if not href or href.startswith(("?", "#")) or "?" in href or "#" in href:
+        return None
+    target = urljoin(folder_url, href)
+    base = urlsplit(folder_url)
+    parts = urlsplit(target)
+    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
+        return None
+    if not parts.path.startswith(base.path) or parts.path == base.path:
+        return None
+    rest = parts.path[len(base.path):]
+    is_dir = rest.endswith("/")
+    rest = rest[:-1] if is_dir else rest
+    if not rest or "/" in rest:
+        return None  # not a direct child (or the folder itself)
+    return unquote(rest, errors="strict"), is_dir
+
+
+def parse_json_index(raw: bytes, path: str) -> list[tuple[Entry, bool]]:
+    """nginx (``autoindex_format json``) or Caddy JSON: entries, each with "size is exact"."""
+    where = f"index of {path or '/'}"
+    try:
+        items = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"{where}: malformed JSON ({exc})") from exc
+    if not isinstance(items, list):
+        raise ProtocolError(f"{where}: expected a JSON list of entries")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ProtocolError(f"{where}, entry {i}: expected an object with a 'name'")
+        name = item["name"].rstrip("/")
+        if not name or name in (".", ".."):
+            continue
+        is_dir = item.get("type") == "directory" or bool(item.get("is_dir"))
+        if item.get("type") == "other":
+            continue  # sockets, devices: nothing to mirror
+        size = item.get("size", 0)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ProtocolError(f"{where} ({name!r}): 'size' must be a non-negative integer")
+        mtime = _http_date(item.get("mtime") or item.get("mod_time"))
+        full = f"{path}/{name}" if path else name
+        out.append((Entry(full, is_dir, 0 if is_dir else size, mtime), True))
+    return out
+
+
+def parse_html_index(raw: bytes, path: str, folder_url: str,
+                     charset: str | None = None) -> list[tuple[Entry, bool]]:
+    """nginx, Apache or Caddy HTML. Exact only where the nginx row format gives bytes."""
+    text = raw.decode(charset or "utf-8", errors="replace")
+    parser = _Links()
+    parser.feed(text)
+    parser.close()
+    seen: set[str] = set()
+    out = []
+    for href, after in parser.links:
+        try:
+            child = child_name(href, folder_url)
+        except UnicodeDecodeError:
+            raise ProtocolError(f"index of {path or '/'}: link {href!r} is not UTF-8") from None
+        if child is None:
+            continue
+        name, is_dir = child
+        if name in seen:
+            continue  # Caddy and Apache link some names twice (icon and text)
+        seen.add(name)
+        full = f"{path}/{name}" if path else name
+        row = _NGINX_ROW.match(after)
+        if row is not None:
+            mtime = _nginx_mtime(row.group(1))
+            size = 0 if is_dir or row.group(2) == "-" else int(row.group(2))
+            out.append((Entry(full, is_dir, size, mtime), True))
+        else:
+            out.append((Entry(full, is_dir), is_dir))
+    return out
+
+
+class HttpIndexSource:
+    def __init__(self, url: str, settings: SourceSettings,
+                 limiter: Limiter | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{url!r} is not an http(s) URL of a folder")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"{url!r}: a folder URL takes no query or fragment")
+        self._root = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/"
+        self.name = self._root
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._limiter = limiter or Limiter(UNLIMITED)
+
+    @classmethod
+    def from_url(cls, url: str, settings: SourceSettings,
+                 limiter: Limiter | None = None) -> HttpIndexSource:
+        return cls(url, settings, limiter)
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = make_session(self._settings, f"bucket-mirror/{__version__}")
+        return self._session
+
+    def _url(self, path: str, folder: bool = False) -> str:
+        quoted = quote(path, safe="/~") if path else ""
+        return self._root + quoted + ("/" if folder and path else "")
+
+    async def _attempt(self, method: str, url: str, what: str,
+                       headers: Mapping[str, str] = {},
+                       budget: Budget = "fetch") -> aiohttp.ClientResponse:
+        async with self._limiter.request(budget):
+            started = time.monotonic()
+            try:
+                resp = await self._http().request(method, URL(url, encoded=True),
+                                                  headers=dict(headers), allow_redirects=True,
+                                                  max_redirects=5)
+            except Exception:
+                self._limiter.record(budget, 0, time.monotonic() - started)
+                raise
+        self._limiter.record(budget, resp.status, time.monotonic() - started)
+        if resp.status < 300:
+            self._limiter.success(budget)
+            return resp
+        if resp.status in (429, 503):
+            self._limiter.throttle(budget, retry_after_s(resp.headers.get("Retry-After")))
+        resp.release()
+        raise self._fail(resp, what)
+
+    def _fail(self, resp: aiohttp.ClientResponse, what: str) -> MirrorError:
+        detail = status_detail(resp)
+        text = f"{what}: the server answered {resp.status} {resp.reason or ''}".rstrip()
+        transient = transient_for_status(resp.status, text, detail,
+                                         retry_after_s(resp.headers.get("Retry-After")))
+        if transient is not None:
+            return transient
+        if resp.status == 401:
+            return CredentialsRejected(f"{text}: the server wants credentials", detail)
+        if resp.status == 404:
+            return NotFound(f"{what}: not found on the source (deleted after listing?)", detail)
+        if resp.status == 403:
+            return AccessDenied(f"{text}: access refused", detail)
+        return PermanentError(text, detail)
+
+    async def list_page(self, path: str, cursor: str | None) -> Page:
+        url = self._url(path, folder=True)
+        what = f"list {path or '/'}"
+
+        async def fetch() -> tuple[bytes, str, str | None, str]:
+            resp = await self._attempt("GET", url, what, {
+                "Accept": "application/json;q=1.0, text/html;q=0.9"}, "list")
+            try:
+                if resp.content_length is not None and resp.content_length > MAX_INDEX_BYTES:
+                    raise ProtocolError(f"{what}: the index page is over "
+                                        f"{MAX_INDEX_BYTES >> 20} MB")
+                raw = await resp.content.read(MAX_INDEX_BYTES + 1)
+                if len(raw) > MAX_INDEX_BYTES:
+                    raise ProtocolError(f"{what}: the index page is over "
+                                        f"{MAX_INDEX_BYTES >> 20} MB")
+                return raw, resp.content_type, resp.charset, str(resp.url)
+            finally:
+                resp.release()
+
+        raw, ctype, charset, final_url = await with_retries(self._settings, what, fetch)
+        if not final_url.endswith("/"):
+            final_url += "/"
+        if ctype == "application/json":
+            found = parse_json_index(raw, path)
+        elif ctype in ("text/html", "application/xhtml+xml"):
+            found = parse_html_index(raw, path, final_url, charset)
+        else:
+            raise ProtocolError(f"{what}: {ctype or 'no content type'} is not a folder index "
+                                "(expected an HTML or JSON directory listing)")
+        return Page(tuple(await self._complete(found)), None)
+
+    async def _complete(self, found: list[tuple[Entry, bool]]) -> list[Entry]:
+        """HEAD the files the index gave no exact size for."""
+        gate = asyncio.Semaphore(HEAD_CONCURRENCY)
+
+        async def exact(entry: Entry, known: bool) -> Entry:
+            if known:
+                return entry
+            async with gate:
+                return await self.stat(entry.path)
+
+        return list(await asyncio.gather(*(exact(e, k) for e, k in found)))
+
+    async def stat(self, path: str) -> Entry:
+        if not path:
+            return Entry("", True)
+        url = self._url(path)
+        what = f"stat {path}"
+
+        async def head() -> Entry:
+            resp = await self._attempt("HEAD", url, what)
+            try:
+                if str(resp.url).endswith("/"):
+                    return Entry(path, True)  # redirected to the folder
+                size = resp.content_length
+                if size is None:
+                    raise ProtocolError(f"{what}: HEAD gave no Content-Length")
+                return Entry(path, False, size, _http_date(resp.headers.get("Last-Modified")))
+            finally:
+                resp.release()
+
+        return await with_retries(self._settings, what, head)
+
+    @asynccontextmanager
+    async def open(self, path: str, offset: int = 0) -> AsyncIterator[HttpBody]:
+        url = self._url(path)
+        what = f"GET {path}"
+        headers = {"Range": f"bytes={offset}-"} if offset > 0 else {}
+        resp = await with_retries(self._settings, what,
+                                  lambda: self._attempt("GET", url, what, headers))
+        try:
+            start, total = 0, resp.content_length
+            if resp.status == 206:
+                start, total = content_range(resp.headers.get("Content-Range"), what)
+            yield HttpBody(resp, what, start, total, None, self._limiter)
+        finally:
+            resp.release()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+__all__ = ["HttpIndexSource", "child_name", "parse_html_index", "parse_json_index"]
