@@ -3,6 +3,7 @@ Apache- and Caddy-style pages served on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import os
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from mirror.errors import ProtocolError
+from mirror.errors import ProtocolError, TransientError
 from mirror.settings import SourceSettings
 from mirror.sources import open_source
 from mirror.sources.httpindex import child_name, parse_html_index, parse_json_index
@@ -161,5 +162,57 @@ async def test_apache_style_server_sizes_come_from_head(tmp_path: Path) -> None:
         assert time.monotonic() - started < 60
         for rel, body_bytes in files.items():
             assert (tmp_path / "d" / rel).read_bytes() == body_bytes
+    finally:
+        await runner.cleanup()
+
+
+async def test_index_arriving_in_pieces_is_read_whole() -> None:
+    """A big index page that arrives slowly is listed in full (read(n) returns only what has
+    arrived: reading once lost most of a 1,000-folder page when the listing ran fast), and a
+    page cut short of its Content-Length is a transient error, not a shorter listing."""
+    names = [f"d{i:04d}/" for i in range(1000)]
+    page = "<html><body>" + "".join(f'<a href="{n}">{n}</a>\n' for n in names) + "</body></html>"
+    body = page.encode()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/html"})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        step = len(body) // 10 + 1
+        for i in range(0, len(body), step):
+            await resp.write(body[i:i + step])
+            await asyncio.sleep(0.05)
+        return resp
+
+    async def short(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/html"})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        await resp.write(body[: len(body) // 2])
+        request.transport.close()  # type: ignore[union-attr]
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/slow/", slow)
+    app.router.add_get("/short/", short)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        source = open_source(f"http://127.0.0.1:{port}/slow/", SourceSettings())
+        try:
+            listed = await source.list_page("", None)
+        finally:
+            await source.close()
+        assert len(listed.entries) == 1000 and all(e.is_dir for e in listed.entries)
+        source = open_source(f"http://127.0.0.1:{port}/short/",
+                             SourceSettings(request_retries=0))
+        try:
+            with pytest.raises(TransientError):
+                await source.list_page("", None)
+        finally:
+            await source.close()
     finally:
         await runner.cleanup()

@@ -34,6 +34,7 @@ from mirror.errors import (
     NotFound,
     PermanentError,
     ProtocolError,
+    SourceUnavailable,
 )
 from mirror.ratelimit import UNLIMITED, Budget, Limiter
 from mirror.settings import SourceSettings
@@ -262,10 +263,19 @@ class HttpIndexSource:
                 if resp.content_length is not None and resp.content_length > MAX_INDEX_BYTES:
                     raise ProtocolError(f"{what}: the index page is over "
                                         f"{MAX_INDEX_BYTES >> 20} MB")
-                raw = await resp.content.read(MAX_INDEX_BYTES + 1)
-                if len(raw) > MAX_INDEX_BYTES:
-                    raise ProtocolError(f"{what}: the index page is over "
-                                        f"{MAX_INDEX_BYTES >> 20} MB")
+                # read(n) returns what has arrived so far, not n bytes: read to the end.
+                parts: list[bytes] = []
+                size = 0
+                while chunk := await resp.content.read(1 << 20):
+                    parts.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_INDEX_BYTES:
+                        raise ProtocolError(f"{what}: the index page is over "
+                                            f"{MAX_INDEX_BYTES >> 20} MB")
+                raw = b"".join(parts)
+                if resp.content_length is not None and len(raw) != resp.content_length:
+                    raise SourceUnavailable(f"{what}: the index page was cut short "
+                                            f"({len(raw)} of {resp.content_length} bytes)")
                 return raw, resp.content_type, resp.charset, str(resp.url)
             finally:
                 resp.release()
