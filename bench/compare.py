@@ -139,6 +139,8 @@ def main() -> int:  # noqa: PLR0915  (one linear script)
     ap.add_argument("--broker", default=os.environ.get("MIRROR_TEST_BROKER_URL",
                                                        "amqp://guest:guest@127.0.0.1:5672/"))
     ap.add_argument("--transfers", default="16,32,64", help="rclone --transfers to try")
+    ap.add_argument("--only", default="", help="run only runs whose name contains this")
+    ap.add_argument("--sets", default="small,large", help="data sets to run")
     ap.add_argument("--write-results", action="store_true", help="write bench/RESULTS.md")
     args = ap.parse_args()
 
@@ -156,14 +158,19 @@ def main() -> int:  # noqa: PLR0915  (one linear script)
 
     def run_all(nginx: Nginx) -> None:
         for name, src in data.items():
+            if name not in args.sets.split(","):
+                continue
             url = f"{nginx.url}{src.name}/"
             files, size = tree_size(src)
 
             def record(label: str, commands: list[list[str]], dest: Path,
                        mtimes: bool = True, src: Path = src, files: int = files,
                        size: int = size, name: str = name) -> None:
+                if args.only not in label:
+                    return
                 shutil.rmtree(work, ignore_errors=True)
                 work.mkdir(parents=True)
+                os.sync()  # earlier runs' dirty pages must not slow this one down
                 print(f"[{name}] {label} ...", flush=True)
                 wall, cpu, rss, codes = run_procs(commands, env, log)
                 problem = "" if all(c == 0 for c in codes) else f"exit codes {codes}"

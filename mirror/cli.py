@@ -199,6 +199,10 @@ def worker_options(f: F) -> F:
         click.option("--metrics-linger", type=click.FloatRange(0), default=0.0,
                      envvar="MIRROR_METRICS_LINGER", metavar="S",
                      help="Keep serving metrics this long after the work ends (a last scrape)."),
+        click.option("--processes", type=click.IntRange(1, 64), default=1,
+                     envvar="MIRROR_PROCESSES", show_default=True,
+                     help="Fetch in N child processes (one per core for many small files); "
+                     "the queue, listing and error policy stay in this one."),
         click.option("--events/--no-events", default=True, envvar="MIRROR_EVENTS",
                      show_default=True, help="Publish an event per file (fetched, skipped, "
                      "parked) to the job's events exchange (`mirror watch`)."),
@@ -270,7 +274,8 @@ def make_work_options(o: Mapping[str, Any], settings: WorkerSettings, *, until_i
                       live: bool) -> WorkOptions:
     return WorkOptions(settings, until_idle=until_idle, live_progress=live,
                        rates=make_rate_settings(o), metrics_addr=o.get("metrics_addr"),
-                       metrics_linger_s=o.get("metrics_linger", 0.0))
+                       metrics_linger_s=o.get("metrics_linger", 0.0),
+                       processes=o.get("processes", 1))
 
 
 def make_rate_settings(o: Mapping[str, Any]) -> RateSettings:

@@ -19,6 +19,7 @@ from mirror.broker import Broker, ParkedJob, Topology
 from mirror.broker.memory import MemoryBroker
 from mirror.disk import Disk, Placement
 from mirror.errors import ConfigError, FatalError, NotFound
+from mirror.fetchpool import FetchPool
 from mirror.jobs import Job, JobSpec, ListJob
 from mirror.metrics import Exporter, Sources
 from mirror.parking import journal_path, write_journal
@@ -68,6 +69,7 @@ class WorkOptions:
     rates: RateSettings = field(default_factory=RateSettings)
     metrics_addr: str | None = None  # HOST:PORT for /metrics; None: no exporter
     metrics_linger_s: float = 0.0  # keep serving after the end, for a last scrape
+    processes: int = 1  # fetch in this many child processes (mirror.fetchpool); 1: in-process
 
 
 async def connect_broker(url: str | None, job: str, role: str = "all") -> Broker:
@@ -158,9 +160,26 @@ async def _signals(worker: Worker) -> AsyncIterator[None]:
 
 async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placement,
                options: WorkOptions, stats: Stats | None = None,
-               limiter: Limiter | None = None) -> Outcome:
+               limiter: Limiter | None = None,
+               source_settings: SourceSettings | None = None) -> Outcome:
     stats = stats or Stats()
-    worker = Worker(broker, spec, source, placement, options.worker, stats, limiter)
+    pool = None
+    if options.processes > 1 and options.worker.fetches:
+        if source_settings is None:
+            raise ConfigError("fetch processes need the source settings")
+        pool = FetchPool(options.processes, spec, source_settings, options.worker, placement,
+                         options.rates, stats)
+    worker = Worker(broker, spec, source, placement, options.worker, stats, limiter,
+                    fetcher=pool.fetch if pool is not None else None)
+    try:
+        return await _exported(broker, spec, worker, stats, placement, options)
+    finally:
+        if pool is not None:
+            await pool.close()
+
+
+async def _exported(broker: Broker, spec: JobSpec, worker: Worker, stats: Stats,
+                    placement: Placement, options: WorkOptions) -> Outcome:
     exporter = None
     if options.metrics_addr:
         exporter = Exporter(options.metrics_addr, Sources(
@@ -220,7 +239,7 @@ async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,
         disk = Disk(dest, fsync=options.worker.fsync, executor=executor)
         await disk.run(disk.check_writable)
         outcome = await work(broker, spec, source, Placement.single(disk, spec.shards), options,
-                             limiter=limiter)
+                             limiter=limiter, source_settings=source_settings)
     finally:
         await source.close()
         await broker.close()

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from mirror.broker import Broker, Consumer, Delivery, Topology
 from mirror.control import Presence, job_done
-from mirror.crawl import Context, describe, fetch_file, list_dir
+from mirror.crawl import Context, Outcome, describe, fetch_file, list_dir
 from mirror.disk import Placement
 from mirror.errors import (
     BrokerError,
@@ -25,7 +25,7 @@ from mirror.errors import (
     TransientError,
 )
 from mirror.events import file_event, finished_event, parked_event
-from mirror.jobs import JobSpec, ListJob, Reason
+from mirror.jobs import FetchJob, JobSpec, ListJob, Reason
 from mirror.ratelimit import UNLIMITED, Limiter
 from mirror.settings import WorkerSettings
 from mirror.sources import Source
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 class Worker:
     def __init__(self, broker: Broker, spec: JobSpec, source: Source, placement: Placement,
                  settings: WorkerSettings, stats: Stats | None = None,
-                 limiter: Limiter | None = None) -> None:
+                 limiter: Limiter | None = None,
+                 fetcher: Callable[[FetchJob], Awaitable[Outcome]] | None = None) -> None:
         self.broker = broker
         self.spec = spec
         self.topology = Topology(spec)
@@ -47,6 +48,9 @@ class Worker:
         self.ctx = Context(spec, self.topology, source, broker, placement, settings, self.stats,
                            self.limiter)
         self.fatal: FatalError | None = None
+        # Where files are fetched: here, or in child processes (mirror.fetchpool).
+        self._fetch: Callable[[FetchJob], Awaitable[Outcome]] = (
+            fetcher or (lambda job: fetch_file(job, self.ctx)))
         self._held = 0
         self._listing = 0  # listing pages now (those may still publish more work)
         self._taken = 0
@@ -175,7 +179,7 @@ class Worker:
                     self._listing -= 1
             else:
                 async with self._fetch_slots:
-                    outcome = await fetch_file(job, self.ctx)
+                    outcome = await self._fetch(job)
                 if outcome in ("fetched", "skipped") and self.settings.file_events:
                     # Confirmed before the ack: at least once, never lost.
                     await self.broker.publish_event(file_event(outcome, self.spec.name, job))

@@ -133,9 +133,11 @@ def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path | None,
                                                executor=executor)
                          if settings.fetches else Placement({}))
             limiter = Limiter(options.rates)
-            src = runner.source_for(spec, make_source_settings(ctx, o), limiter)
+            source_settings = make_source_settings(ctx, o)
+            src = runner.source_for(spec, source_settings, limiter)
             try:
-                return await runner.work(b, spec, src, placement, options, limiter=limiter)
+                return await runner.work(b, spec, src, placement, options, limiter=limiter,
+                                         source_settings=source_settings)
             finally:
                 await src.close()
         finally:

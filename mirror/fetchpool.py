@@ -1,0 +1,261 @@
+"""Fetch processes: one worker's downloads spread over N child processes (``--processes N``).
+
+A small file costs about a millisecond of CPU in one process, half of it in the kernel
+(sockets, create, rename) and the rest in Python under one GIL; a process cannot go faster
+than one core. Here the worker keeps the queue, the listing, the error policy, stats and
+events, and hands each file job to a child over a pipe (one JSON line each way). The child
+runs the same ``fetch_file`` as the worker would, with its own HTTP session and disk pool, and
+answers the outcome or the error (class, message, detail), which the worker then settles
+exactly as if it had happened in-process: ack, retry, park or stop.
+
+A job always goes to the same child (by a hash of its path), so the in-process guard against
+two deliveries of one file writing at once still holds. A child that dies fails its jobs as
+transient errors (they are retried) and is started again for the next job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mirror import errors
+from mirror.broker import Topology
+from mirror.broker.memory import MemoryBroker
+from mirror.crawl import Context, Outcome, fetch_file
+from mirror.disk import Disk, Placement
+from mirror.errors import ConfigError, ErrorDetail, MirrorError, SourceUnavailable
+from mirror.jobs import FetchJob, JobSpec, decode_job, encode_job
+from mirror.ratelimit import Limiter, RateSettings
+from mirror.settings import SourceSettings, WorkerSettings
+from mirror.stats import Stats
+
+log = logging.getLogger(__name__)
+LINE_LIMIT = 64 * 1024 * 1024
+
+
+def _error_from(reply: Mapping[str, Any]) -> MirrorError:
+    cls = getattr(errors, str(reply.get("error")), None)
+    message = str(reply.get("message", "error in a fetch process"))
+    detail = ErrorDetail(**reply.get("detail", {}))
+    if isinstance(cls, type) and issubclass(cls, errors.RateLimited):
+        return cls(message, detail, reply.get("retry_after_s"))
+    if isinstance(cls, type) and issubclass(cls, MirrorError):
+        return cls(message, detail)
+    return SourceUnavailable(f"fetch process: {message}")  # a bug there: retried, then parked
+
+
+def _reply_for(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, MirrorError):
+        reply: dict[str, Any] = {"error": type(exc).__name__, "message": exc.message,
+                                 "detail": dataclasses.asdict(exc.detail)}
+        if isinstance(exc, errors.RateLimited):
+            reply["retry_after_s"] = exc.retry_after_s
+        return reply
+    return {"error": type(exc).__name__, "message": f"{type(exc).__name__}: {exc}"}
+
+
+class _Child:
+    def __init__(self, index: int, setup: bytes) -> None:
+        self.index = index
+        self._setup = setup
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next = 0
+        self._lock = asyncio.Lock()
+        self.transferred = 0  # the child's own running total, last reported
+
+    async def _ensure(self) -> asyncio.subprocess.Process:
+        async with self._lock:
+            if self._proc is None or self._proc.returncode is not None:
+                self._proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "mirror.fetchpool", stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE, limit=LINE_LIMIT)
+                assert self._proc.stdin is not None
+                self._proc.stdin.write(self._setup + b"\n")
+                self.transferred = 0
+                self._reader = asyncio.create_task(self._read(self._proc))
+            return self._proc
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        try:
+            while line := await proc.stdout.readline():
+                reply = json.loads(line)
+                future = self._pending.pop(int(reply["id"]), None)
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        finally:
+            code = await proc.wait()
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(SourceUnavailable(
+                        f"fetch process {self.index} exited (code {code}) during the job"))
+            self._pending.clear()
+
+    async def fetch(self, job: FetchJob) -> dict[str, Any]:
+        proc = await self._ensure()
+        assert proc.stdin is not None
+        self._next += 1
+        ident = self._next
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[ident] = future
+        proc.stdin.write(b'{"id":%d,"job":%s}\n' % (ident, encode_job(job)))
+        try:
+            await proc.stdin.drain()
+            return await future
+        except (ConnectionError, BrokenPipeError) as exc:
+            raise SourceUnavailable(f"fetch process {self.index} is gone: {exc}") from exc
+        finally:
+            self._pending.pop(ident, None)
+
+    async def close(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # the child finishes what it holds and exits
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        if self._reader is not None:
+            await self._reader
+
+
+class FetchPool:
+    def __init__(self, processes: int, spec: JobSpec, source: SourceSettings,
+                 worker: WorkerSettings, placement: Placement, rates: RateSettings,
+                 stats: Stats) -> None:
+        if processes < 2:
+            raise ConfigError("a fetch pool needs at least 2 processes")
+        if rates.cluster_rps:
+            raise ConfigError("--cluster-rps cannot be combined with --processes above 1 yet; "
+                              "use --rps (split among the processes)")
+        share = RateSettings(rps=rates.rps / processes, list_rps=rates.list_rps,
+                             bwlimit_bps=rates.bwlimit_bps / processes, delay_s=rates.delay_s,
+                             adaptive=rates.adaptive)
+        setup = {
+            "spec": json.loads(spec.to_json()),
+            "source": {**dataclasses.asdict(source), "env": dict(source.env)},
+            "worker": {**dataclasses.asdict(worker),
+                       "concurrency": max(1, -(-worker.concurrency // processes))},
+            "disks": {str(s): str(placement.disk_for(s).root) for s in placement.shards},
+            "rates": dataclasses.asdict(share),
+        }
+        raw = json.dumps(setup).encode()
+        self._children = [_Child(i, raw) for i in range(processes)]
+        self._stats = stats
+
+    async def fetch(self, job: FetchJob) -> Outcome:
+        child = self._children[zlib.crc32(job.path.encode()) % len(self._children)]
+        reply = await child.fetch(job)
+        if "transferred" in reply:
+            total = int(reply["transferred"])
+            self._stats.transferred += max(0, total - child.transferred)
+            child.transferred = max(child.transferred, total)
+        if "error" in reply:
+            raise _error_from(reply)
+        outcome: Outcome = reply["outcome"]
+        s = self._stats
+        if outcome == "fetched":
+            s.fetched += 1
+            s.fetched_bytes += job.size
+            s.file_seconds.observe(float(reply.get("seconds", 0.0)))
+            s.last_done_at = time.time()
+        elif outcome == "skipped":
+            s.skipped += 1
+            s.skipped_bytes += job.size
+            s.last_done_at = time.time()
+        elif outcome == "dir":
+            s.dirs += 1
+        return outcome
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._children), return_exceptions=True)
+
+
+# -- the child ---------------------------------------------------------------------------
+
+
+async def _child_main() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mirror.runner import source_for
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    setup = json.loads(await reader.readline())
+    spec = JobSpec.from_json(json.dumps(setup["spec"]).encode())
+    worker = WorkerSettings(**setup["worker"])
+    source_settings = SourceSettings(**setup["source"])
+    executor = ThreadPoolExecutor(max_workers=max(4, worker.concurrency + 4),
+                                  thread_name_prefix="disk")
+    disks: dict[str, Disk] = {}
+    shards = {int(s): disks.setdefault(root, Disk(Path(root), fsync=worker.fsync,
+                                                  executor=executor))
+              for s, root in setup["disks"].items()}
+    stats = Stats()
+    limiter = Limiter(RateSettings(**setup["rates"]))
+    source = source_for(spec, source_settings, limiter)
+    ctx = Context(spec, Topology(spec), source, MemoryBroker(), Placement(shards), worker, stats,
+                  limiter)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                        sys.stdout)
+    out = asyncio.StreamWriter(transport, protocol, None, loop)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(ident: int, job: FetchJob) -> None:
+        started = time.monotonic()
+        reply: dict[str, Any]
+        try:
+            reply = {"outcome": await fetch_file(job, ctx)}
+        except Exception as exc:
+            reply = _reply_for(exc)
+        reply.update(id=ident, seconds=round(time.monotonic() - started, 6),
+                     transferred=stats.transferred)
+        out.write(json.dumps(reply).encode() + b"\n")
+        await out.drain()
+
+    try:
+        while line := await reader.readline():
+            request = json.loads(line)
+            job = decode_job(json.dumps(request["job"]).encode())
+            if not isinstance(job, FetchJob):
+                continue
+            task = asyncio.create_task(handle(int(request["id"]), job))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await source.close()
+        executor.shutdown(wait=True)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format=f"fetch process {os.getpid()}: %(levelname)s %(message)s")
+    try:
+        import uvloop
+
+        uvloop.run(_child_main())
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        asyncio.run(_child_main())
+
+
+if __name__ == "__main__":
+    main()
