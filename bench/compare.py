@@ -6,14 +6,17 @@ Builds (once, cached under --out) (a) small files with log-normal sizes (median 
 in folders of 20 and (b) 50 MB files; serves both with nginx on loopback (HTML indexes, the
 format rclone's http backend reads); then mirrors each set with:
 
-- bucket-mirror embedded (`mirror run URL DEST`), with and without --fsync;
-- bucket-mirror over RabbitMQ: `mirror seed`, one `--role list` and two `--role fetch`
-  processes (needs the broker at --broker);
+- bucket-mirror embedded (`mirror run URL DEST`): one process, and two fetch processes with
+  and without --fsync;
+- bucket-mirror over RabbitMQ (the broker at --broker): `mirror seed`, one `--role list` and
+  two `--role fetch` processes, with and without per-file events, and one fetcher with
+  `--processes 2`;
 - `rclone copy` (http backend) with a few --transfers settings, where installed;
 - `aria2c -i` on the list of URLs (it cannot list), where installed.
 
 Every output tree is verified byte for byte. For each run it prints wall time, files/s, MB/s,
-CPU seconds and peak RSS (of each process, from wait4) and the ratio to rclone's best. Nothing
+CPU seconds (children included) and peak RSS (for each command its largest process, from
+wait4) and the ratio to rclone's best. Nothing
 here asserts a timing; --write-results writes the table and the machine to bench/RESULTS.md.
 """
 
@@ -26,12 +29,15 @@ import os
 import platform
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from mirror.testing.compare import tree_differences
 from mirror.testing.nginx import Nginx, find_nginx
@@ -122,13 +128,27 @@ def verify(src: Path, dest: Path, mtimes: bool) -> str:
     return "; ".join(problems)
 
 
+def rabbit_up(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 3):
+            return True
+    except OSError:
+        return False
+
+
+def delete_jobs(url: str, jobs: list[str], env: dict[str, str]) -> None:
+    for job in jobs:
+        subprocess.run([sys.executable, "-c", (
+            "import asyncio\nfrom mirror.broker.rabbitmq import RabbitBroker\n"
+            "async def m():\n"
+            f"    b = await RabbitBroker.connect({url!r}, {job!r})\n"
+            "    await b.attach(); await b.delete_job(); await b.close()\n"
+            "asyncio.run(m())")], env=env, check=False)
+
+
 def mirror_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "mirror", "-q", *args]
-
-
-def bench_embedded(url: str, dest: Path, state: Path, fsync: bool) -> list[list[str]]:
-    return [mirror_cmd("run", url, str(dest), "--no-progress", "--state-dir", str(state),
-                       "--concurrency", "32", "--fsync" if fsync else "--no-fsync")]
 
 
 def main() -> int:  # noqa: PLR0915  (one linear script)
@@ -155,82 +175,104 @@ def main() -> int:  # noqa: PLR0915  (one linear script)
     env = {**os.environ}
     results: list[Result] = []
     rclone, aria2 = shutil.which("rclone"), shutil.which("aria2c")
+    jobs: list[str] = []
+    shutil.rmtree(work, ignore_errors=True)
 
-    def run_all(nginx: Nginx) -> None:
-        for name, src in data.items():
-            if name not in args.sets.split(","):
-                continue
-            url = f"{nginx.url}{src.name}/"
-            files, size = tree_size(src)
+    counter = 0
 
-            def record(label: str, commands: list[list[str]], dest: Path,
-                       mtimes: bool = True, src: Path = src, files: int = files,
-                       size: int = size, name: str = name) -> None:
-                if args.only not in label:
-                    return
-                shutil.rmtree(work, ignore_errors=True)
-                work.mkdir(parents=True)
-                os.sync()  # earlier runs' dirty pages must not slow this one down
-                print(f"[{name}] {label} ...", flush=True)
-                wall, cpu, rss, codes = run_procs(commands, env, log)
-                problem = "" if all(c == 0 for c in codes) else f"exit codes {codes}"
-                problem = problem or verify(src, dest, mtimes)
-                results.append(Result(name, label, wall, files, size, cpu, rss,
-                                      not problem, problem))
-                print(f"    {wall:.1f} s, {files / wall:.0f} files/s, "
-                      f"{size / 1e6 / wall:.1f} MB/s, CPU {cpu:.1f} s, peak RSS "
-                      f"{max(rss):.0f} MB {'OK' if not problem else 'FAILED: ' + problem}",
-                      flush=True)
+    def run_set(nginx: Nginx, name: str, src: Path) -> None:
+        url = f"{nginx.url}{src.name}/"
+        files, size = tree_size(src)
 
-            dest = work / "dest"
-            state = work / "state"
-            record("bucket-mirror embedded --no-fsync",
-                   bench_embedded(url, dest, state, fsync=False), dest)
-            record("bucket-mirror embedded --fsync",
-                   bench_embedded(url, dest, state, fsync=True), dest)
+        def record(label: str, commands: Callable[[Path, Path], list[list[str]]],
+                   mtimes: bool = True, src: Path = src, files: int = files,
+                   size: int = size, name: str = name) -> None:
+            nonlocal counter
+            if args.only not in label:
+                return
+            # A fresh destination per run, all deleted at the end: deleting a tree right
+            # before a run makes ext4 hunt for inodes not recently deleted, which would
+            # slow whichever run comes next.
+            counter += 1
+            dest, state = work / f"run-{counter}", work / f"state-{counter}"
+            cmds = commands(dest, state)
+            os.sync()  # earlier runs' dirty pages must not slow this one down
+            print(f"[{name}] {label} ...", flush=True)
+            wall, cpu, rss, codes = run_procs(cmds, env, log)
+            problem = "" if all(c == 0 for c in codes) else f"exit codes {codes}"
+            problem = problem or verify(src, dest, mtimes)
+            results.append(Result(name, label, wall, files, size, cpu, rss,
+                                  not problem, problem))
+            print(f"    {wall:.1f} s, {files / wall:.0f} files/s, "
+                  f"{size / 1e6 / wall:.1f} MB/s, CPU {cpu:.1f} s, peak RSS "
+                  f"{max(rss):.0f} MB {'OK' if not problem else 'FAILED: ' + problem}",
+                  flush=True)
 
+        for procs, conc, fsync in ((1, 32, False), (2, 64, False), (2, 64, True)):
+            record(f"bucket-mirror embedded --processes {procs} --concurrency {conc} "
+                   f"{'--fsync' if fsync else '--no-fsync'}",
+                   lambda d, s, p=procs, c=conc, f=fsync: [mirror_cmd(
+                       "run", url, str(d), "--no-progress", "--state-dir", str(s),
+                       "--processes", str(p), "--concurrency", str(c),
+                       "--fsync" if f else "--no-fsync")])
+
+        def over_rabbit(d: Path, s: Path, extra: tuple[str, ...] = (),
+                        fetchers: int = 2) -> list[list[str]]:
             job = f"bench-{uuid.uuid4().hex[:8]}"
-            seed = mirror_cmd("seed", url, "--job", job, "--broker", args.broker)
-            seeded = subprocess.run(seed, env=env, capture_output=True, check=False)
-            if seeded.returncode == 0:
-                common = ("work", "--job", job, "--broker", args.broker, "--until-idle",
-                          "--no-progress", "--state-dir", str(state))
-                record("bucket-mirror rabbitmq 1 lister + 2 fetchers --no-fsync", [
-                    mirror_cmd(*common, "--role", "list"),
-                    mirror_cmd(*common, "--role", "fetch", "--dest", str(dest),
-                               "--concurrency", "32", "--no-fsync"),
-                    mirror_cmd(*common, "--role", "fetch", "--dest", str(dest),
-                               "--concurrency", "32", "--no-fsync"),
-                ], dest)
-                subprocess.run([sys.executable, "-c", (
-                    "import asyncio\nfrom mirror.broker.rabbitmq import RabbitBroker\n"
-                    "async def m():\n"
-                    f"    b = await RabbitBroker.connect({args.broker!r}, {job!r})\n"
-                    "    await b.attach(); await b.delete_job(); await b.close()\n"
-                    "asyncio.run(m())")], env=env, check=False)
-            else:
-                print(f"    (no RabbitMQ at {args.broker}: skipping the broker run)")
+            jobs.append(job)
+            subprocess.run(mirror_cmd("seed", url, "--job", job, "--broker", args.broker),
+                           env=env, capture_output=True, check=True)
+            common = ("work", "--job", job, "--broker", args.broker, "--until-idle",
+                      "--no-progress", "--state-dir", str(s))
+            fetch = ("--role", "fetch", "--dest", str(d), "--concurrency", "64",
+                     "--no-fsync", *extra)
+            return [mirror_cmd(*common, "--role", "list"),
+                    *[mirror_cmd(*common, *fetch) for _ in range(fetchers)]]
 
-            if rclone:
-                for t in args.transfers.split(","):
-                    record(f"rclone copy --transfers {t}", [[
-                        rclone, "copy", "--http-url", url, ":http:", str(dest),
-                        "--transfers", t, "--checkers", t, "--http-no-head", "-q"]], dest)
-            if aria2:
-                listing = work.parent / f"aria2-{name}.txt"
+        if rabbit_up(args.broker):
+            record("bucket-mirror rabbitmq: 1 lister + 2 fetchers --concurrency 64 "
+                   "--no-fsync", over_rabbit)
+            record("bucket-mirror rabbitmq: 1 lister + 2 fetchers --concurrency 64 "
+                   "--no-fsync --no-events", lambda d, s: over_rabbit(d, s, ("--no-events",)))
+            record("bucket-mirror rabbitmq: 1 lister + 1 fetcher --processes 2 "
+                   "--concurrency 64 --no-fsync",
+                   lambda d, s: over_rabbit(d, s, ("--processes", "2"), fetchers=1))
+        else:
+            print(f"    (no RabbitMQ at {args.broker}: skipping the broker run)")
+
+        if rclone:
+            # rclone's default HEADs every file for its mtime; --http-no-head skips that
+            # (faster) but leaves mtimes unset, so only contents are compared.
+            for t in args.transfers.split(","):
+                record(f"rclone copy --transfers {t} --http-no-head",
+                       lambda d, s, t=t: [[rclone, "copy", "--http-url", url, ":http:",
+                                           str(d), "--transfers", t, "--checkers", t,
+                                           "--http-no-head", "-q"]], mtimes=False)
+            t = args.transfers.split(",")[-1]
+            record(f"rclone copy --transfers {t} (HEADs, keeps mtimes)",
+                   lambda d, s: [[rclone, "copy", "--http-url", url, ":http:", str(d),
+                                  "--transfers", t, "--checkers", t, "-q"]])
+        if aria2:
+            def aria2_cmd(d: Path, s: Path, src: Path = src) -> list[list[str]]:
+                listing = work / f"aria2-{d.name}.txt"
+                listing.parent.mkdir(parents=True, exist_ok=True)
                 with listing.open("w") as fh:
                     for dirpath, _, names in os.walk(src):
                         rel = os.path.relpath(dirpath, src)
+                        sub = "" if rel == "." else rel + "/"
                         for n in names:
-                            if n.startswith("."):
-                                continue
-                            sub = "" if rel == "." else rel + "/"
-                            fh.write(f"{url}{sub}{n}\n  dir={dest / sub}\n  out={n}\n")
-                record("aria2c -i (URL list given) -j 32", [[
-                    aria2, "-i", str(listing), "-j", "32", "-x", "1", "-q",
-                    "--auto-file-renaming=false", "--allow-overwrite=true",
-                    "--file-allocation=none", "--console-log-level=error"]], dest,
-                    mtimes=False)
+                            if not n.startswith("."):
+                                fh.write(f"{url}{sub}{n}\n  dir={d / sub}\n  out={n}\n")
+                return [[aria2, "-i", str(listing), "-j", "32", "-x", "1", "-q",
+                         "--auto-file-renaming=false", "--allow-overwrite=true",
+                         "--file-allocation=none", "--console-log-level=error"]]
+
+            record("aria2c -i (URL list given) -j 32", aria2_cmd, mtimes=False)
+
+    def run_all(nginx: Nginx) -> None:
+        for name, src in data.items():
+            if name in args.sets.split(","):
+                run_set(nginx, name, src)
 
     # nginx is started and stopped on an event loop of its own; the runs are plain processes.
     nginx = Nginx(args.out, workers=2)
@@ -241,6 +283,8 @@ def main() -> int:  # noqa: PLR0915  (one linear script)
     finally:
         loop.run_until_complete(nginx.stop())
         loop.close()
+        delete_jobs(args.broker, jobs, env)
+        shutil.rmtree(work, ignore_errors=True)
     table = render(results)
     print("\n" + table)
     if args.write_results:
@@ -249,7 +293,7 @@ def main() -> int:  # noqa: PLR0915  (one linear script)
 
 
 def render(results: list[Result]) -> str:
-    lines = ["| data | run | wall s | files/s | MB/s | CPU s | peak RSS MB (per process) "
+    lines = ["| data | run | wall s | files/s | MB/s | CPU s | peak RSS MB (per command) "
              "| vs rclone best | verified |", "|---|---|---|---|---|---|---|---|---|"]
     for data in dict.fromkeys(r.data for r in results):
         rows = [r for r in results if r.data == data]

@@ -15,6 +15,7 @@ Consumers key on ``path``. A system that must not miss events binds its own dura
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -29,9 +30,15 @@ def events_exchange(job: str) -> str:
     return f"{job}.events"
 
 
+@functools.cache
+def _origin(pid: int) -> tuple[str, int]:
+    # Looked up once per process (keyed by pid: a forked child looks again), not per file.
+    return socket.gethostname(), pid
+
+
 def _base(kind: str, job: str) -> dict[str, Any]:
-    return {"event": kind, "job": job, "time": round(time.time(), 3),
-            "host": socket.gethostname(), "pid": os.getpid()}
+    host, pid = _origin(os.getpid())
+    return {"event": kind, "job": job, "time": round(time.time(), 3), "host": host, "pid": pid}
 
 
 def file_event(kind: str, job_name: str, job: FetchJob) -> dict[str, Any]:
