@@ -5,7 +5,8 @@ as routing key:
 
 - ``file.fetched``, ``file.skipped`` (already current), ``file.parked`` (failed for good);
 - ``folder.parked`` (a listing that failed for good: its files are unknown);
-- ``job.finished``: nothing is queued, delayed or held any more.
+- ``job.finished``: nothing is queued, delayed or held any more; sent by the worker that lists
+  (with ``--until-idle``) with its own counts and the whole job's ``parked_total``.
 
 Delivery is at least once: a file's event is confirmed by the broker before its job is acked,
 so a worker that dies in between does the file again (a skip) and sends a second event.
