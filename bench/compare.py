@@ -1,6 +1,6 @@
 """bucket-mirror against rclone and aria2 on the same data, from the same nginx, in one run.
 
-    python bench/compare.py [--small 20000] [--large 20] [--out bench/out] [--write-results]
+    python bench/compare.py [--small 20000] [--large 20] [--repeat 3] [--write-results]
 
 Builds (once, cached under --out) (a) small files with log-normal sizes (median about 15 KB)
 in folders of 20 and (b) 50 MB files; serves both with nginx on loopback (HTML indexes, the
@@ -56,6 +56,7 @@ class Result:
     peak_rss_mb: list[float] = field(default_factory=list)  # per process
     ok: bool = True
     note: str = ""
+    walls: list[float] = field(default_factory=list)  # every repeat, shortest first
 
     @property
     def files_s(self) -> float:
@@ -159,6 +160,8 @@ def main() -> int:  # noqa: PLR0915  (one linear script)
     ap.add_argument("--broker", default=os.environ.get("MIRROR_TEST_BROKER_URL",
                                                        "amqp://guest:guest@127.0.0.1:5672/"))
     ap.add_argument("--transfers", default="16,32,64", help="rclone --transfers to try")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each setting; the median is reported (default 1)")
     ap.add_argument("--only", default="", help="run only runs whose name contains this")
     ap.add_argument("--sets", default="small,large", help="data sets to run")
     ap.add_argument("--write-results", action="store_true", help="write bench/RESULTS.md")
@@ -190,23 +193,32 @@ def main() -> int:  # noqa: PLR0915  (one linear script)
             nonlocal counter
             if args.only not in label:
                 return
-            # A fresh destination per run, all deleted at the end: deleting a tree right
-            # before a run makes ext4 hunt for inodes not recently deleted, which would
-            # slow whichever run comes next.
-            counter += 1
-            dest, state = work / f"run-{counter}", work / f"state-{counter}"
-            cmds = commands(dest, state)
-            os.sync()  # earlier runs' dirty pages must not slow this one down
-            print(f"[{name}] {label} ...", flush=True)
-            wall, cpu, rss, codes = run_procs(cmds, env, log)
-            problem = "" if all(c == 0 for c in codes) else f"exit codes {codes}"
-            problem = problem or verify(src, dest, mtimes)
-            results.append(Result(name, label, wall, files, size, cpu, rss,
-                                  not problem, problem))
-            print(f"    {wall:.1f} s, {files / wall:.0f} files/s, "
-                  f"{size / 1e6 / wall:.1f} MB/s, CPU {cpu:.1f} s, peak RSS "
-                  f"{max(rss):.0f} MB {'OK' if not problem else 'FAILED: ' + problem}",
-                  flush=True)
+            runs: list[Result] = []
+            for _ in range(args.repeat):
+                # A fresh destination per run, all deleted at the end: deleting a tree right
+                # before a run makes ext4 hunt for inodes not recently deleted, which would
+                # slow whichever run comes next.
+                counter += 1
+                dest, state = work / f"run-{counter}", work / f"state-{counter}"
+                cmds = commands(dest, state)
+                os.sync()  # earlier runs' dirty pages must not slow this one down
+                print(f"[{name}] {label} ...", flush=True)
+                wall, cpu, rss, codes = run_procs(cmds, env, log)
+                problem = "" if all(c == 0 for c in codes) else f"exit codes {codes}"
+                problem = problem or verify(src, dest, mtimes)
+                runs.append(Result(name, label, wall, files, size, cpu, rss, not problem,
+                                   problem))
+                print(f"    {wall:.1f} s, {files / wall:.0f} files/s, "
+                      f"{size / 1e6 / wall:.1f} MB/s, CPU {cpu:.1f} s, peak RSS "
+                      f"{max(rss):.0f} MB {'OK' if not problem else 'FAILED: ' + problem}",
+                      flush=True)
+            # The median run stands for the setting; the spread of walls goes with it.
+            runs.sort(key=lambda r: r.wall_s)
+            middle = runs[len(runs) // 2]
+            middle.walls = [r.wall_s for r in runs]
+            middle.ok = all(r.ok for r in runs)
+            middle.note = "; ".join(r.note for r in runs if r.note)
+            results.append(middle)
 
         for procs, conc, fsync in ((1, 32, False), (2, 64, False), (2, 64, True)):
             record(f"bucket-mirror embedded --processes {procs} --concurrency {conc} "
@@ -293,8 +305,9 @@ def main() -> int:  # noqa: PLR0915  (one linear script)
 
 
 def render(results: list[Result]) -> str:
-    lines = ["| data | run | wall s | files/s | MB/s | CPU s | peak RSS MB (per command) "
-             "| vs rclone best | verified |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| data | run | wall s (median; all runs) | files/s | MB/s | CPU s "
+             "| peak RSS MB (per command) | vs rclone best | verified |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for data in dict.fromkeys(r.data for r in results):
         rows = [r for r in results if r.data == data]
         key = (lambda r: r.files_s) if data == "small" else (lambda r: r.mb_s)
@@ -303,7 +316,9 @@ def render(results: list[Result]) -> str:
         for r in rows:
             ratio = f"{key(r) / best:.2f}" if best else "n/a"
             rss = ", ".join(f"{m:.0f}" for m in r.peak_rss_mb)
-            lines.append(f"| {data} | {r.name} | {r.wall_s:.1f} | {r.files_s:.0f} | "
+            walls = ", ".join(f"{w:.1f}" for w in r.walls) if len(r.walls) > 1 else ""
+            wall = f"{r.wall_s:.1f}" + (f" ({walls})" if walls else "")
+            lines.append(f"| {data} | {r.name} | {wall} | {r.files_s:.0f} | "
                          f"{r.mb_s:.1f} | {r.cpu_s:.1f} | {rss} | {ratio} | "
                          f"{'yes' if r.ok else 'NO: ' + r.note} |")
     return "\n".join(lines)
