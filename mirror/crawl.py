@@ -167,14 +167,12 @@ async def fetch_file(job: FetchJob, ctx: Context) -> Outcome:
 async def _fetch(job: FetchJob, disk: Disk, ctx: Context) -> Outcome:
     if job.is_dir:
         await disk.run(disk.make_dir, job.path)
-        ctx.stats.dirs += 1
+        ctx.stats.file_done("dir", 0)
         return "dir"
     window = ctx.settings.modify_window_s
     part = await disk.run(disk.begin, job.path, job.size, job.mtime, window)
     if part is None:
-        ctx.stats.skipped += 1
-        ctx.stats.skipped_bytes += job.size
-        ctx.stats.last_done_at = time.time()
+        ctx.stats.file_done("skipped", job.size)
         return "skipped"
     started = time.monotonic()
     ctx.stats.inflight += 1
@@ -186,10 +184,7 @@ async def _fetch(job: FetchJob, disk: Disk, ctx: Context) -> Outcome:
     finally:
         ctx.stats.inflight -= 1
         await disk.run(part.close)
-    ctx.stats.file_seconds.observe(time.monotonic() - started)
-    ctx.stats.fetched += 1
-    ctx.stats.fetched_bytes += job.size
-    ctx.stats.last_done_at = time.time()
+    ctx.stats.file_done("fetched", job.size, time.monotonic() - started)
     if ctx.limiter.settings.delay_s:
         await asyncio.sleep(ctx.limiter.settings.delay_s)  # operators ask for a breather
     return "fetched"

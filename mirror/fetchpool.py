@@ -169,18 +169,7 @@ class FetchPool:
         if "error" in reply:
             raise _error_from(reply)
         outcome: Outcome = reply["outcome"]
-        s = self._stats
-        if outcome == "fetched":
-            s.fetched += 1
-            s.fetched_bytes += job.size
-            s.file_seconds.observe(float(reply.get("seconds", 0.0)))
-            s.last_done_at = time.time()
-        elif outcome == "skipped":
-            s.skipped += 1
-            s.skipped_bytes += job.size
-            s.last_done_at = time.time()
-        elif outcome == "dir":
-            s.dirs += 1
+        self._stats.file_done(outcome, job.size, float(reply.get("seconds", 0.0)))
         return outcome
 
     async def close(self) -> None:

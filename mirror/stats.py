@@ -77,6 +77,21 @@ class Stats:
         self.parked_by[reason.error] = self.parked_by.get(reason.error, 0) + 1
         self.parked_items.append((path, reason))
 
+    def file_done(self, outcome: str, size: int, seconds: float | None = None) -> None:
+        """Count a file job's outcome ("fetched", "skipped" or "dir"), wherever it ran."""
+        if outcome == "dir":
+            self.dirs += 1
+            return
+        if outcome == "fetched":
+            self.fetched += 1
+            self.fetched_bytes += size
+            if seconds is not None:
+                self.file_seconds.observe(seconds)
+        elif outcome == "skipped":
+            self.skipped += 1
+            self.skipped_bytes += size
+        self.last_done_at = time.time()
+
     def retry(self, error: str) -> None:
         self.retried += 1
         self.retried_by[error] = self.retried_by.get(error, 0) + 1

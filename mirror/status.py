@@ -189,10 +189,6 @@ def summarize(now: Snapshot, before: Snapshot | None = None) -> dict[str, Any]:
     }
 
 
-def _size(n: float) -> str:
-    return human_bytes(n)
-
-
 def _duration(s: float | None) -> str:
     if s is None:
         return "unknown (no files done in the last seconds)"
@@ -216,9 +212,9 @@ def render(summary: Mapping[str, Any]) -> str:
                      f"fetched {w.get('fetched', 0)}, skipped {w.get('skipped', 0)}")
     lines.append(f"  files: {f['fetched']} fetched, {f['skipped']} current, {f['parked']} parked,"
                  f" {f['queued']} queued, {f['in_flight']} transferring")
-    lines.append(f"  bytes: {_size(b['fetched'])} fetched, {_size(b['skipped'])} current, "
-                 f"{_size(b['received'])} received")
-    lines.append(f"  rate: {r['files_per_s']:.1f} files/s, {_size(r['bytes_per_s'])}/s")
+    lines.append(f"  bytes: {human_bytes(b['fetched'])} fetched, "
+                 f"{human_bytes(b['skipped'])} current, {human_bytes(b['received'])} received")
+    lines.append(f"  rate: {r['files_per_s']:.1f} files/s, {human_bytes(r['bytes_per_s'])}/s")
     if summary["done"]:
         lines.append("  state: done (nothing queued or held)")
     else:
