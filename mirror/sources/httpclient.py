@@ -8,11 +8,13 @@ import asyncio
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
+from yarl import URL
 
 from mirror.errors import (
     ErrorDetail,
@@ -23,7 +25,7 @@ from mirror.errors import (
     Stalled,
     TransientError,
 )
-from mirror.ratelimit import Limiter
+from mirror.ratelimit import Budget, Limiter
 from mirror.settings import SourceSettings
 
 log = logging.getLogger(__name__)
@@ -81,8 +83,6 @@ def retry_after_s(value: str | None) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    import time
-
     return max(0.0, when.timestamp() - time.time())
 
 
@@ -140,6 +140,26 @@ def content_range(value: str | None, what: str) -> tuple[int, int | None]:
     return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
 
 
+async def metered_request(session: aiohttp.ClientSession, limiter: Limiter, budget: Budget,
+                          method: str, url: URL, headers: Mapping[str, str],
+                          **kwargs: Any) -> aiohttp.ClientResponse:
+    """One request inside the limiter's budget, its status and time recorded, and the
+    adaptive rate told of success or push-back (429/503). Returns the response, any status."""
+    async with limiter.request(budget):
+        started = time.monotonic()
+        try:
+            resp = await session.request(method, url, headers=dict(headers), **kwargs)
+        except Exception:
+            limiter.record(budget, 0, time.monotonic() - started)
+            raise
+    limiter.record(budget, resp.status, time.monotonic() - started)
+    if resp.status < 300:
+        limiter.success(budget)
+    elif resp.status in (429, 503):
+        limiter.throttle(budget, retry_after_s(resp.headers.get("Retry-After")))
+    return resp
+
+
 class HttpBody:
     """A streamed response body; errors while reading are translated like the request's."""
 
@@ -174,6 +194,15 @@ class HttpBody:
             raise
         except Exception as exc:
             raise translate(exc, self._what) from exc
+
+    @classmethod
+    def of(cls, resp: aiohttp.ClientResponse, what: str, md5: str | None,
+           limiter: Limiter | None) -> HttpBody:
+        """The body of a 200 (the whole file) or a 206 (from where Content-Range says)."""
+        start, total = 0, resp.content_length
+        if resp.status == 206:
+            start, total = content_range(resp.headers.get("Content-Range"), what)
+        return cls(resp, what, start, total, md5, limiter)
 
     async def read_all(self) -> bytes:
         try:

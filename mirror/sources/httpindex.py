@@ -14,7 +14,6 @@ import asyncio
 import calendar
 import json
 import re
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
@@ -41,8 +40,8 @@ from mirror.settings import SourceSettings
 from mirror.sources import Entry, Page
 from mirror.sources.httpclient import (
     HttpBody,
-    content_range,
     make_session,
+    metered_request,
     retry_after_s,
     status_detail,
     transient_for_status,
@@ -219,21 +218,11 @@ class HttpIndexSource:
     async def _attempt(self, method: str, url: str, what: str,
                        headers: Mapping[str, str] = {},
                        budget: Budget = "fetch") -> aiohttp.ClientResponse:
-        async with self._limiter.request(budget):
-            started = time.monotonic()
-            try:
-                resp = await self._http().request(method, URL(url, encoded=True),
-                                                  headers=dict(headers), allow_redirects=True,
-                                                  max_redirects=5)
-            except Exception:
-                self._limiter.record(budget, 0, time.monotonic() - started)
-                raise
-        self._limiter.record(budget, resp.status, time.monotonic() - started)
+        resp = await metered_request(self._http(), self._limiter, budget, method,
+                                     URL(url, encoded=True), headers, allow_redirects=True,
+                                     max_redirects=5)
         if resp.status < 300:
-            self._limiter.success(budget)
             return resp
-        if resp.status in (429, 503):
-            self._limiter.throttle(budget, retry_after_s(resp.headers.get("Retry-After")))
         resp.release()
         raise self._fail(resp, what)
 
@@ -332,10 +321,7 @@ class HttpIndexSource:
         resp = await with_retries(self._settings, what,
                                   lambda: self._attempt("GET", url, what, headers))
         try:
-            start, total = 0, resp.content_length
-            if resp.status == 206:
-                start, total = content_range(resp.headers.get("Content-Range"), what)
-            yield HttpBody(resp, what, start, total, None, self._limiter)
+            yield HttpBody.of(resp, what, None, self._limiter)
         finally:
             resp.release()
 

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import re
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from email.utils import formatdate
@@ -38,8 +37,8 @@ from mirror.settings import DEFAULT_UPYUN_ENDPOINT, SourceSettings
 from mirror.sources import Entry, Page
 from mirror.sources.httpclient import (
     HttpBody,
-    content_range,
     make_session,
+    metered_request,
     retry_after_s,
     status_detail,
     transient_for_status,
@@ -149,22 +148,11 @@ class UpyunSource:
                        extra: Mapping[str, str] = {},
                        budget: Budget = "fetch") -> aiohttp.ClientResponse:
         """One signed try (a fresh Date each time); returns an open, successful response."""
-        async with self._limiter.request(budget):
-            started = time.monotonic()
-            try:
-                resp = await self._http().request(
-                    method, URL(self._endpoint + uri, encoded=True),
-                    headers=self._headers(method, uri, extra), allow_redirects=False,
-                )
-            except Exception:
-                self._limiter.record(budget, 0, time.monotonic() - started)
-                raise
-        self._limiter.record(budget, resp.status, time.monotonic() - started)
+        resp = await metered_request(self._http(), self._limiter, budget, method,
+                                     URL(self._endpoint + uri, encoded=True),
+                                     self._headers(method, uri, extra), allow_redirects=False)
         if resp.status < 300:
-            self._limiter.success(budget)
             return resp
-        if resp.status in (429, 503):
-            self._limiter.throttle(budget, retry_after_s(resp.headers.get("Retry-After")))
         try:
             raise await self._fail(resp, what)
         finally:
@@ -222,10 +210,7 @@ class UpyunSource:
             self._settings, what, lambda: self._attempt("GET", uri, what, extra)
         )
         try:
-            start, total = 0, resp.content_length
-            if resp.status == 206:
-                start, total = content_range(resp.headers.get("Content-Range"), what)
-            yield HttpBody(resp, what, start, total, _md5_of(resp.headers), self._limiter)
+            yield HttpBody.of(resp, what, _md5_of(resp.headers), self._limiter)
         finally:
             resp.release()
 
