@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,20 @@ from mirror.testing.compare import tree_differences
 from mirror.testing.nginx import Nginx, find_nginx
 from mirror.testing.sample import BucketInfo
 from tests.test_cli import mirror_cmd
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """Serve ``app`` on a free loopback port for the duration of the block."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
 
 T0 = float(calendar.timegm((2026, 11, 20, 10, 0, 0)))  # the dates the pages below give
 
@@ -132,12 +148,7 @@ async def test_apache_style_server_sizes_come_from_head(tmp_path: Path) -> None:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serving(app) as port:
         source = open_source(f"http://127.0.0.1:{port}/pub/sub/", SourceSettings())
         try:
             page = await source.list_page("", None)
@@ -162,8 +173,6 @@ async def test_apache_style_server_sizes_come_from_head(tmp_path: Path) -> None:
         assert time.monotonic() - started < 60
         for rel, body_bytes in files.items():
             assert (tmp_path / "d" / rel).read_bytes() == body_bytes
-    finally:
-        await runner.cleanup()
 
 
 async def test_index_arriving_in_pieces_is_read_whole() -> None:
@@ -195,12 +204,7 @@ async def test_index_arriving_in_pieces_is_read_whole() -> None:
     app = web.Application()
     app.router.add_get("/slow/", slow)
     app.router.add_get("/short/", short)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serving(app) as port:
         source = open_source(f"http://127.0.0.1:{port}/slow/", SourceSettings())
         try:
             listed = await source.list_page("", None)
@@ -214,5 +218,3 @@ async def test_index_arriving_in_pieces_is_read_whole() -> None:
                 await source.list_page("", None)
         finally:
             await source.close()
-    finally:
-        await runner.cleanup()
