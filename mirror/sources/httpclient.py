@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import aiohttp
 from yarl import URL
 
+from mirror import __version__
 from mirror.errors import (
     ErrorDetail,
     MirrorError,
@@ -25,7 +26,7 @@ from mirror.errors import (
     Stalled,
     TransientError,
 )
-from mirror.ratelimit import Budget, Limiter
+from mirror.ratelimit import UNLIMITED, Budget, Limiter
 from mirror.settings import SourceSettings
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,25 @@ def content_range(value: str | None, what: str) -> tuple[int, int | None]:
     if not m:
         raise ProtocolError(f"{what}: 206 with an unreadable Content-Range {value!r}")
     return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
+
+
+class HttpSessionOwner:
+    """What an HTTP source keeps: its settings, its limiter and one lazily opened session."""
+
+    def __init__(self, settings: SourceSettings, limiter: Limiter | None) -> None:
+        self._settings = settings
+        self._limiter = limiter or Limiter(UNLIMITED)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = make_session(self._settings, f"bucket-mirror/{__version__}")
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 async def metered_request(session: aiohttp.ClientSession, limiter: Limiter, budget: Budget,

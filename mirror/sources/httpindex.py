@@ -24,7 +24,6 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import aiohttp
 from yarl import URL
 
-from mirror import __version__
 from mirror.errors import (
     AccessDenied,
     ConfigError,
@@ -35,12 +34,12 @@ from mirror.errors import (
     ProtocolError,
     SourceUnavailable,
 )
-from mirror.ratelimit import UNLIMITED, Budget, Limiter
+from mirror.ratelimit import Budget, Limiter
 from mirror.settings import SourceSettings
 from mirror.sources import Entry, Page
 from mirror.sources.httpclient import (
     HttpBody,
-    make_session,
+    HttpSessionOwner,
     metered_request,
     retry_after_s,
     status_detail,
@@ -187,7 +186,7 @@ def parse_html_index(raw: bytes, path: str, folder_url: str,
     return out
 
 
-class HttpIndexSource:
+class HttpIndexSource(HttpSessionOwner):
     def __init__(self, url: str, settings: SourceSettings,
                  limiter: Limiter | None = None) -> None:
         parts = urlsplit(url)
@@ -197,19 +196,12 @@ class HttpIndexSource:
             raise ConfigError(f"{url!r}: a folder URL takes no query or fragment")
         self._root = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/"
         self.name = self._root
-        self._settings = settings
-        self._session: aiohttp.ClientSession | None = None
-        self._limiter = limiter or Limiter(UNLIMITED)
+        super().__init__(settings, limiter)
 
     @classmethod
     def from_url(cls, url: str, settings: SourceSettings,
                  limiter: Limiter | None = None) -> HttpIndexSource:
         return cls(url, settings, limiter)
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = make_session(self._settings, f"bucket-mirror/{__version__}")
-        return self._session
 
     def _url(self, path: str, folder: bool = False) -> str:
         quoted = quote(path, safe="/~") if path else ""
@@ -324,11 +316,6 @@ class HttpIndexSource:
             yield HttpBody.of(resp, what, None, self._limiter)
         finally:
             resp.release()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
 
 __all__ = ["HttpIndexSource", "child_name", "parse_html_index", "parse_json_index"]

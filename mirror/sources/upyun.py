@@ -22,7 +22,6 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-from mirror import __version__
 from mirror.errors import (
     AccessDenied,
     ConfigError,
@@ -32,12 +31,12 @@ from mirror.errors import (
     PermanentError,
     ProtocolError,
 )
-from mirror.ratelimit import UNLIMITED, Budget, Limiter
+from mirror.ratelimit import Budget, Limiter
 from mirror.settings import DEFAULT_UPYUN_ENDPOINT, SourceSettings
 from mirror.sources import Entry, Page
 from mirror.sources.httpclient import (
     HttpBody,
-    make_session,
+    HttpSessionOwner,
     metered_request,
     retry_after_s,
     status_detail,
@@ -64,7 +63,7 @@ def quote_key(bucket: str, key: str) -> str:
     return quote(f"/{bucket}/{key}", safe="/~")
 
 
-class UpyunSource:
+class UpyunSource(HttpSessionOwner):
     def __init__(self, bucket: str, prefix: str, operator: str, password: str,
                  settings: SourceSettings, limiter: Limiter | None = None) -> None:
         endpoint = (settings.endpoint or DEFAULT_UPYUN_ENDPOINT).rstrip("/")
@@ -78,9 +77,7 @@ class UpyunSource:
         self._operator = operator
         self._password_md5 = hashlib.md5(password.encode()).hexdigest()
         self._endpoint = endpoint
-        self._settings = settings
-        self._session: aiohttp.ClientSession | None = None
-        self._limiter = limiter or Limiter(UNLIMITED)
+        super().__init__(settings, limiter)
 
     @classmethod
     def from_url(cls, url: str, settings: SourceSettings,
@@ -97,11 +94,6 @@ class UpyunSource:
                 "in the environment (or the config file)"
             )
         return cls(bucket, prefix.strip("/"), operator, password, settings, limiter)
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = make_session(self._settings, f"bucket-mirror/{__version__}")
-        return self._session
 
     def _key(self, path: str) -> str:
         return "/".join(p for p in (self._prefix, path) if p)
@@ -213,11 +205,6 @@ class UpyunSource:
             yield HttpBody.of(resp, what, _md5_of(resp.headers), self._limiter)
         finally:
             resp.release()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
 
 def _md5_of(headers: Mapping[str, str]) -> str | None:
