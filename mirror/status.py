@@ -91,21 +91,32 @@ async def management_depths(base_url: str, vhost: str, job: str,
     }
 
 
-async def take(broker: Broker, topology: Topology, *, broker_url: str,
-               management: str | None, listen_s: float = 2.0) -> Snapshot:
-    """Ask every live worker for a report, listen ``listen_s`` seconds, read the queues."""
-    first: dict[str, dict[str, Any]] = {}
-    latest: dict[str, dict[str, Any]] = {}
-    me = f"status-{uuid.uuid4().hex[:8]}"
+class Reports:
+    """Presence reports heard on the job's control exchange: subscribe once per command,
+    then each snapshot opens a fresh listening window."""
 
-    def on_message(msg: dict[str, Any]) -> None:
+    def __init__(self) -> None:
+        self.first: dict[str, dict[str, Any]] = {}
+        self.latest: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, msg: dict[str, Any]) -> None:
         if msg.get("type") != "presence" or not isinstance(msg.get("worker"), str):
             return
-        first.setdefault(msg["worker"], msg)
-        latest[msg["worker"]] = msg
+        self.first.setdefault(msg["worker"], msg)
+        self.latest[msg["worker"]] = msg
 
-    await broker.subscribe(on_message)
-    await broker.broadcast({"type": "ping", "from": me})
+    def new_window(self) -> None:
+        self.first.clear()
+        self.latest.clear()
+
+
+async def take(broker: Broker, topology: Topology, reports: Reports, *, broker_url: str,
+               management: str | None, listen_s: float = 2.0) -> Snapshot:
+    """Ask every live worker for a report, listen ``listen_s`` seconds, read the queues.
+
+    ``reports`` must already be subscribed to the broker's control messages."""
+    reports.new_window()
+    await broker.broadcast({"type": "ping", "from": f"status-{uuid.uuid4().hex[:8]}"})
     await asyncio.sleep(listen_s)
     via, note = "amqp", ""
     depths: dict[str, QueueDepth] | None = None
@@ -118,9 +129,9 @@ async def take(broker: Broker, topology: Topology, *, broker_url: str,
             note = f"management API not reachable ({type(exc).__name__}); depths via AMQP"
     if depths is None:
         depths = await broker.depths()
-    live = {w: r for w, r in latest.items() if r.get("state") != "stopped"}
+    live = {w: r for w, r in reports.latest.items() if r.get("state") != "stopped"}
     return Snapshot(topology.job, broker.name, via, time.time(), depths, topology, live,
-                    {w: first[w] for w in live}, note)
+                    {w: reports.first[w] for w in live}, note)
 
 
 def _files_done(report: Mapping[str, Any]) -> int:
@@ -224,5 +235,5 @@ def render(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Snapshot", "management_depths", "management_url", "rates", "render", "summarize",
-           "take"]
+__all__ = ["Reports", "Snapshot", "management_depths", "management_url", "rates", "render",
+           "summarize", "take"]

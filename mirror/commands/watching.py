@@ -47,9 +47,11 @@ def status(ctx: click.Context, /, job_name: str, broker: str, management_url: st
         b = await _rabbit(broker, job_name)
         try:
             topology = Topology(await b.attach())
+            reports = job_status.Reports()
+            await b.subscribe(reports)
             before: job_status.Snapshot | None = None
             while True:
-                snap = await job_status.take(b, topology, broker_url=broker,
+                snap = await job_status.take(b, topology, reports, broker_url=broker,
                                              management=management_url, listen_s=listen)
                 summary = job_status.summarize(snap, before)
                 if as_json:
