@@ -3,8 +3,8 @@
 Queue depths come from RabbitMQ's management API when it answers (it knows the messages held
 by consumers), else from plain AMQP (ready messages and consumers only). Files and bytes done
 come from the presence reports the workers broadcast every second: totals since each worker
-started, so a worker that was restarted counts again from zero, and a worker that stopped no
-longer counts. Parked files are read from the parked queue itself.
+started, so a worker that was restarted counts again from zero; a worker that stopped counts
+only if this command heard its final report. Parked files are read from the parked queue.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class Snapshot:
     at: float
     queues: dict[str, QueueDepth]
     topology: Topology
-    reports: dict[str, dict[str, Any]]  # worker id -> its latest presence report
+    # worker id -> its latest presence report (live workers, and those seen stopping)
+    reports: dict[str, dict[str, Any]]
     first_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     note: str = ""  # why the management API was not used, if it was not
 
@@ -98,12 +99,16 @@ class Reports:
     def __init__(self) -> None:
         self.first: dict[str, dict[str, Any]] = {}
         self.latest: dict[str, dict[str, Any]] = {}
+        # Final reports of workers that stopped while we watched: their work still counts.
+        self.stopped: dict[str, dict[str, Any]] = {}
 
     def __call__(self, msg: dict[str, Any]) -> None:
         if msg.get("type") != "presence" or not isinstance(msg.get("worker"), str):
             return
         self.first.setdefault(msg["worker"], msg)
         self.latest[msg["worker"]] = msg
+        if msg.get("state") == "stopped":
+            self.stopped[msg["worker"]] = msg
 
     def new_window(self) -> None:
         self.first.clear()
@@ -129,9 +134,10 @@ async def take(broker: Broker, topology: Topology, reports: Reports, *, broker_u
             note = f"management API not reachable ({type(exc).__name__}); depths via AMQP"
     if depths is None:
         depths = await broker.depths()
-    live = {w: r for w, r in reports.latest.items() if r.get("state") != "stopped"}
-    return Snapshot(topology.job, broker.name, via, time.time(), depths, topology, live,
-                    {w: reports.first[w] for w in live}, note)
+    heard = {w: r for w, r in reports.latest.items() if r.get("state") != "stopped"}
+    heard.update({w: r for w, r in reports.stopped.items() if w not in heard})
+    return Snapshot(topology.job, broker.name, via, time.time(), depths, topology, heard,
+                    {w: reports.first.get(w, r) for w, r in heard.items()}, note)
 
 
 def _files_done(report: Mapping[str, Any]) -> int:
@@ -217,7 +223,8 @@ def render(summary: Mapping[str, Any]) -> str:
         unacked = "?" if q["unacked"] is None else str(q["unacked"])
         consumers = "?" if q["consumers"] is None else str(q["consumers"])
         lines.append(f"  {q['name']:<40} {q['ready']:>10} {unacked:>10} {consumers:>10}")
-    lines.append(f"  workers: {len(summary['workers'])} live")
+    live = sum(1 for w in summary["workers"] if w["state"] != "stopped")
+    lines.append(f"  workers: {live} live, {len(summary['workers']) - live} stopped")
     for w in summary["workers"]:
         lines.append(f"    {w['worker']:<40} {w['role']:<8} {w['state']:<9} holds {w['held']}, "
                      f"fetched {w.get('fetched', 0)}, skipped {w.get('skipped', 0)}")

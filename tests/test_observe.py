@@ -362,3 +362,33 @@ async def test_status_reads_depths_through_the_management_api(small_bucket: Buck
         assert {q["name"]: q["ready"] for q in fallback["queues"]}["mgmt.list"] == 0
         await consumer.cancel()
         await holder.close()
+
+
+@pytest.mark.rabbitmq
+async def test_status_watch_counts_workers_that_stopped(small_bucket: BucketInfo, tmp_path: Path,
+                                                        rabbit_url: str, job_name: str) -> None:
+    """`status --watch` follows a worker that finishes and exits: the last refresh still
+    counts its files (from its final report) and says the job is done."""
+    env = {**CREDENTIALS, "MIRROR_BROKER_URL": ""}
+    try:
+        async with FakeUpyun(small_bucket.root, bucket=BUCKET, operator=OPERATOR,
+                             password=PASSWORD, faults=Faults(latency_s=0.05)) as fake:
+            code, _, err = await mirror_cmd(
+                "seed", f"upyun://{BUCKET}/", "--job", job_name, "--broker", rabbit_url,
+                "--endpoint", fake.url, "--list-limit", "10", env=env)
+            assert code == 0, err
+            worker = await _start("work", "--job", job_name, "--broker", rabbit_url,
+                                  "--dest", str(tmp_path / "dest"), "--until-idle",
+                                  "--no-progress", "--concurrency", "2", env=env)
+            code, out, err = await mirror_cmd("status", "--job", job_name, "--broker",
+                                              rabbit_url, "--watch", "1", "--json",
+                                              "--management-url", "", env=env)
+            await worker.communicate()
+        assert code == 0, err
+        refreshes = [json.loads(line) for line in out.splitlines()]
+        final = refreshes[-1]
+        assert final["done"] and len(refreshes) >= 2
+        assert final["files"]["fetched"] == small_bucket.files
+        assert [w["state"] for w in final["workers"]] == ["stopped"]
+    finally:
+        await _delete_job(rabbit_url, job_name)

@@ -38,8 +38,9 @@ def status(ctx: click.Context, /, job_name: str, broker: str, management_url: st
            watch_s: float | None, as_json: bool, listen: float) -> int:
     """Show job NAME now: queues, live workers, files and bytes done, rate and ETA.
 
-    Files done are the totals of the workers running now (each since it started); parked
-    files are read from the parked queue. Exits 0 once the job is done with --watch.
+    Files done are the totals of the workers running now (each since it started; with
+    --watch also of those seen stopping meanwhile); parked files are read from the parked
+    queue. Exits 0 once the job is done with --watch.
     """
     start_logging(ctx, False)
 
