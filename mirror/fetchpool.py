@@ -161,7 +161,11 @@ class FetchPool:
 
     async def fetch(self, job: FetchJob) -> Outcome:
         child = self._children[zlib.crc32(job.path.encode()) % len(self._children)]
-        reply = await child.fetch(job)
+        self._stats.inflight += 1  # jobs in the children (a skip counts while it is checked)
+        try:
+            reply = await child.fetch(job)
+        finally:
+            self._stats.inflight -= 1
         if "transferred" in reply:
             total = int(reply["transferred"])
             self._stats.transferred += max(0, total - child.transferred)
