@@ -6,13 +6,12 @@ gives exactly that order when the TOML is loaded into the context's ``default_ma
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import stat
 import sys
 import tomllib
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,14 +28,6 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 CREDENTIAL_VARS = ("UPYUN_OPERATOR", "UPYUN_PASSWORD", "AWS_ACCESS_KEY_ID",
                    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "ARTIFACTORY_TOKEN")
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def credentials(ctx: click.Context) -> dict[str, str]:

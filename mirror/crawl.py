@@ -178,12 +178,13 @@ async def _fetch(job: FetchJob, disk: Disk, ctx: Context) -> Outcome:
     ctx.stats.inflight += 1
     try:
         if job.size == 0:
-            await disk.run(part.commit, 0, job.mtime, None)
+            await disk.run(part.commit, 0, job.mtime, None, alone=disk.fsync)
         else:
             await _download(job, part, disk, ctx)
     finally:
         ctx.stats.inflight -= 1
-        await disk.run(part.close)
+        if part.is_open:  # a commit closes it: no second trip to the disk threads
+            await disk.run(part.close)
     ctx.stats.file_done("fetched", job.size, time.monotonic() - started)
     if ctx.limiter.settings.delay_s:
         await asyncio.sleep(ctx.limiter.settings.delay_s)  # operators ask for a breather
@@ -225,7 +226,7 @@ async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: C
     if remaining <= ctx.settings.small_file_max:
         data = await body.read_all()
         ctx.stats.transferred += len(data)
-        await disk.run(_write_and_commit, part, data, track, job, md5)
+        await disk.run(_write_and_commit, part, data, track, job, md5, alone=disk.fsync)
         return
     watch = RateWatch(ctx.settings.min_rate_bps, ctx.settings.stall_window_s)
     # Chunks are gathered into a batch and written with one pwritev in the disk pool while
@@ -247,12 +248,13 @@ async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: C
             if batched >= ctx.settings.chunk_size:
                 if writing is not None:
                     await writing
-                writing = asyncio.ensure_future(disk.run(part.write_many, batch, track))
+                writing = asyncio.ensure_future(
+                    disk.run(part.write_many, batch, track, alone=True))
                 batch, batched = [], 0
         if writing is not None:
             await writing
             writing = None
-        await disk.run(_write_and_commit, part, b"".join(batch), track, job, md5)
+        await disk.run(_write_and_commit, part, b"".join(batch), track, job, md5, alone=True)
     finally:
         if writing is not None:  # the part must not be closed under a running write
             with contextlib.suppress(Exception):

@@ -24,10 +24,10 @@ import os
 import stat
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from mirror.diskpool import DiskPool
 from mirror.errors import Busy, DiskFull, FatalError, IntegrityError, MirrorError, UnsafePath
 
 T = TypeVar("T")
@@ -111,6 +111,10 @@ class PartFile:
 
     def _part_path(self) -> str:
         return os.path.join(self._dir, self.part)
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd >= 0
 
     def restart(self, offset: int = 0) -> None:
         """Forget everything after ``offset`` (0: start over)."""
@@ -205,15 +209,18 @@ class Disk:
     """A mirror root. Methods are blocking; call them through ``await disk.run(...)``."""
 
     def __init__(self, root: Path, *, fsync: bool = True,
-                 executor: ThreadPoolExecutor | None = None) -> None:
+                 pool: DiskPool | None = None) -> None:
         self.root = root
         self.fsync = fsync
         self._root_str = str(root)
         self._dirs: OrderedDict[str, None] = OrderedDict()
-        self._executor = executor
+        self._pool = pool
 
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def run(self, fn: Callable[..., T], *args: object, alone: bool = False) -> T:
+        """Run blocking file work off the loop; ``alone`` for calls that may take long."""
+        if self._pool is None:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        return await self._pool.run(fn, *args, alone=alone)
 
     def check_writable(self) -> None:
         st = os.stat(self.root)

@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from mirror import errors
+from mirror.aio import run_async
 from mirror.broker import Topology
 from mirror.broker.memory import MemoryBroker
 from mirror.crawl import Context, Outcome, fetch_file
 from mirror.disk import Disk, Placement
+from mirror.diskpool import disk_pool
 from mirror.errors import ConfigError, ErrorDetail, MirrorError, SourceUnavailable
 from mirror.jobs import FetchJob, JobSpec, decode_job, encode_job
 from mirror.ratelimit import Limiter, RateSettings
@@ -184,8 +186,6 @@ class FetchPool:
 
 
 async def _child_main() -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     from mirror.runner import source_for
 
     loop = asyncio.get_running_loop()
@@ -195,11 +195,10 @@ async def _child_main() -> None:
     spec = JobSpec.from_json(json.dumps(setup["spec"]).encode())
     worker = WorkerSettings(**setup["worker"])
     source_settings = SourceSettings(**setup["source"])
-    executor = ThreadPoolExecutor(max_workers=max(4, worker.concurrency + 4),
-                                  thread_name_prefix="disk")
+    pool = disk_pool(worker.concurrency)
     disks: dict[str, Disk] = {}
     shards = {int(s): disks.setdefault(root, Disk(Path(root), fsync=worker.fsync,
-                                                  executor=executor))
+                                                  pool=pool))
               for s, root in setup["disks"].items()}
     stats = Stats()
     limiter = Limiter(RateSettings(**setup["rates"]))
@@ -236,18 +235,13 @@ async def _child_main() -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         await source.close()
-        executor.shutdown(wait=True)
+        pool.shutdown(wait=True)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format=f"fetch process {os.getpid()}: %(levelname)s %(message)s")
-    try:
-        import uvloop
-
-        uvloop.run(_child_main())
-    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        asyncio.run(_child_main())
+    run_async(_child_main())
 
 
 if __name__ == "__main__":

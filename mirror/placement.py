@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from mirror.disk import Disk, Placement
+from mirror.diskpool import DiskPool
 from mirror.errors import ConfigError, MirrorError
 
 
@@ -48,7 +48,7 @@ def parse_claim(text: str) -> DiskClaim:
 
 
 async def build_placement(claims: Sequence[DiskClaim], dest: Path | None, shards: int, *,
-                          fsync: bool, executor: ThreadPoolExecutor) -> Placement:
+                          fsync: bool, pool: DiskPool) -> Placement:
     """The worker's placement; an empty one for a worker that only lists."""
     if claims and dest is not None:
         raise ConfigError("give either --dest (every shard in one folder) or --disk SHARDS=PATH, "
@@ -68,7 +68,7 @@ async def build_placement(claims: Sequence[DiskClaim], dest: Path | None, shards
             owner[shard] = claim.path
     disks: dict[Path, Disk] = {}
     for path in dict.fromkeys(owner.values()):
-        disk = Disk(path, fsync=fsync, executor=executor)
+        disk = Disk(path, fsync=fsync, pool=pool)
         # A --disk path is never created: a missing mount point must not turn into a folder
         # on the root filesystem that silently fills up.
         if not await asyncio.to_thread(path.is_dir):

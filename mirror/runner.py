@@ -11,13 +11,13 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mirror.broker import Broker, ParkedJob, Topology
 from mirror.broker.memory import MemoryBroker
 from mirror.disk import Disk, Placement
+from mirror.diskpool import disk_pool
 from mirror.errors import ConfigError, FatalError, NotFound
 from mirror.fetchpool import FetchPool
 from mirror.jobs import Job, JobSpec, ListJob
@@ -210,12 +210,6 @@ async def _work(broker: Broker, worker: Worker, stats: Stats, options: WorkOptio
     return Outcome(stats, max(parked, stats.parked), fatal)
 
 
-def disk_executor(settings: WorkerSettings) -> ThreadPoolExecutor:
-    # Disk calls block; a pool a little wider than the transfers keeps writes from queueing.
-    return ThreadPoolExecutor(max_workers=max(4, settings.concurrency + 4),
-                              thread_name_prefix="disk")
-
-
 async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,
                   source_settings: SourceSettings, options: WorkOptions,
                   state_dir: Path, initial: Sequence[Job] | None = None,
@@ -231,19 +225,19 @@ async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,
               else await connect_broker(broker_url, spec.name))
     limiter = Limiter(options.rates)
     source = source_for(spec, source_settings, limiter)
-    executor = disk_executor(options.worker)
+    pool = disk_pool(options.worker.concurrency)
     try:
         await check_source(source, spec.source)
         spec, what = await seed(broker, spec, initial=initial)
         log.info("%s", what)
-        disk = Disk(dest, fsync=options.worker.fsync, executor=executor)
+        disk = Disk(dest, fsync=options.worker.fsync, pool=pool)
         await disk.run(disk.check_writable)
         outcome = await work(broker, spec, source, Placement.single(disk, spec.shards), options,
                              limiter=limiter, source_settings=source_settings)
     finally:
         await source.close()
         await broker.close()
-        executor.shutdown(wait=False)
+        pool.shutdown(wait=False)
     await asyncio.to_thread(write_state, state_dir, spec, dest, outcome,
                             [*keep_parked, *journal], broker_url is None)
     return outcome

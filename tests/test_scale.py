@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from mirror.broker.rabbitmq import RabbitBroker
+from mirror.diskpool import DiskPool
 from mirror.errors import ConfigError
 from mirror.jobs import JobSpec, shard_of
 from mirror.placement import build_placement, parse_claim, parse_shards
@@ -58,22 +58,22 @@ async def test_placement_refuses_bad_claims(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
-    with ThreadPoolExecutor(2) as pool:
+    with DiskPool(2) as pool:
         ok = await build_placement([parse_claim(f"0-1={a}"), parse_claim(f"2={b}")], None, 3,
-                                   fsync=False, executor=pool)
+                                   fsync=False, pool=pool)
         assert ok.shards == [0, 1, 2] and ok.disk_for(2).root == b
         with pytest.raises(ConfigError, match="claimed by two disks"):
             await build_placement([parse_claim(f"0-1={a}"), parse_claim(f"1-2={b}")], None, 3,
-                                  fsync=False, executor=pool)
+                                  fsync=False, pool=pool)
         with pytest.raises(ConfigError, match="shards 0-2, not 3"):
-            await build_placement([parse_claim(f"3={a}")], None, 3, fsync=False, executor=pool)
+            await build_placement([parse_claim(f"3={a}")], None, 3, fsync=False, pool=pool)
         with pytest.raises(ConfigError, match="is the disk mounted"):
             await build_placement([parse_claim(f"0={tmp_path / 'missing'}")], None, 3,
-                                  fsync=False, executor=pool)
+                                  fsync=False, pool=pool)
         (tmp_path / "file").write_text("x")
         with pytest.raises(ConfigError):
             await build_placement([parse_claim(f"0={tmp_path / 'file'}")], None, 1,
-                                  fsync=False, executor=pool)
+                                  fsync=False, pool=pool)
 
 
 async def test_three_shards_two_fetchers_one_lister(small_bucket: BucketInfo, tmp_path: Path,

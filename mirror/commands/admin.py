@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from mirror import runner
+from mirror.aio import run_async
 from mirror.broker import ParkedJob
 from mirror.broker.rabbitmq import RabbitBroker
 from mirror.cli import (
@@ -20,7 +21,6 @@ from mirror.cli import (
     make_source_settings,
     make_work_options,
     make_worker_settings,
-    run_async,
     source_options,
     start_logging,
     state_dir_of,

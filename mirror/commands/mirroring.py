@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from mirror import runner
+from mirror.aio import run_async
 from mirror.cli import (
     cli,
     job_options,
@@ -16,13 +17,13 @@ from mirror.cli import (
     make_spec,
     make_work_options,
     make_worker_settings,
-    run_async,
     source_options,
     start_logging,
     state_dir_of,
     worker_options,
 )
 from mirror.disk import Placement
+from mirror.diskpool import disk_pool
 from mirror.placement import build_placement, parse_claim
 from mirror.ratelimit import Limiter
 
@@ -126,11 +127,11 @@ def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path | None,
 
     async def go() -> runner.Outcome:
         b = await runner.connect_broker(broker, runner.check_job_name(job_name), role)
-        executor = runner.disk_executor(settings)
+        pool = disk_pool(settings.concurrency)
         try:
             spec = await b.attach()
             placement = (await build_placement(claims, dest, spec.shards, fsync=settings.fsync,
-                                               executor=executor)
+                                               pool=pool)
                          if settings.fetches else Placement({}))
             limiter = Limiter(options.rates)
             source_settings = make_source_settings(ctx, o)
@@ -142,7 +143,7 @@ def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path | None,
                 await src.close()
         finally:
             await b.close()
-            executor.shutdown(wait=False)
+            pool.shutdown(wait=False)
 
     outcome = run_async(go())
     click.echo(runner.report(outcome))

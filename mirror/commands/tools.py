@@ -11,13 +11,13 @@ from typing import Any
 import click
 
 from mirror import runner
+from mirror.aio import run_async
 from mirror.cli import (
     SIZE,
     cli,
     live_progress,
     make_source_settings,
     make_worker_settings,
-    run_async,
     source_options,
     start_logging,
     state_dir_of,

@@ -12,8 +12,9 @@ from typing import Any
 import click
 
 from mirror import status as job_status
+from mirror.aio import run_async
 from mirror.broker import Topology
-from mirror.cli import cli, run_async, start_logging
+from mirror.cli import cli, start_logging
 from mirror.commands.admin import _rabbit, job_option
 from mirror.events import KINDS
 
