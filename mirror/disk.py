@@ -261,37 +261,44 @@ class Disk:
 
     def matches(self, path: str, size: int, mtime: float | None, window_s: float) -> bool:
         """True when the target exists as a regular file with this size and mtime."""
-        parts = split_path(path)
-        try:
-            st = os.lstat(os.path.join(self._root_str, *parts))
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-            return False
-        return mtime is None or abs(st.st_mtime_ns / 1e9 - mtime) <= window_s
+        return _current(os.path.join(self._root_str, *split_path(path)), size, mtime, window_s)
 
     def begin(self, path: str, size: int, mtime: float | None, window_s: float) -> PartFile | None:
         """Open the locked part file for ``path``, or None when the target is already current."""
         parts = split_path(path)
         if not parts:
             raise UnsafePath("a file job for the root folder itself")
-        if self.matches(path, size, mtime, window_s):
+        target = os.path.join(self._root_str, *parts)
+        if _current(target, size, mtime, window_s):
             return None
         dir_path = self._ensure_dirs(parts[:-1])
         name = parts[-1]
-        fd = self._open_locked(os.path.join(dir_path, part_name(name)), path)
+        fd, created = self._open_locked(os.path.join(dir_path, part_name(name)), path)
+        if created:
+            # A part file we created is empty and no other writer had one: nothing to resume,
+            # nobody to have finished the file since the check above but a writer that just
+            # renamed its own part away, which costs at worst one more download.
+            return PartFile(self, dir_path, name, fd, 0)
         # Checked again under the lock: a concurrent writer may have just finished this file.
-        if self.matches(path, size, mtime, window_s):
+        if _current(target, size, mtime, window_s):
             PartFile(self, dir_path, name, fd, 0).discard()
             return None
         return PartFile(self, dir_path, name, fd, os.fstat(fd).st_size)
 
-    def _open_locked(self, part_path: str, path: str) -> int:
-        """Open and flock the part file, making sure the lock is on the file the name holds."""
+    def _open_locked(self, part_path: str, path: str) -> tuple[int, bool]:
+        """Open and flock the part file, making sure the lock is on the file the name holds.
+
+        Also says whether this call created the file (the common case, a file never fetched).
+        """
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         for _ in range(10):
+            created = True
             try:
-                fd = os.open(part_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o644)
+                try:
+                    fd = os.open(part_path, flags | os.O_EXCL, 0o644)
+                except FileExistsError:  # a crash's leftover, or another writer's
+                    created = False
+                    fd = os.open(part_path, flags, 0o644)
             except OSError as exc:
                 raise os_error(exc, f"opening the part file of {path}", self.root) from exc
             try:
@@ -304,9 +311,19 @@ class Disk:
             except FileNotFoundError:
                 same = False
             if same:
-                return fd
+                return fd, created
             os.close(fd)  # renamed or removed by its previous holder meanwhile: open afresh
         raise Busy(f"{path}: its part file keeps changing under us")
+
+
+def _current(target: str, size: int, mtime: float | None, window_s: float) -> bool:
+    try:
+        st = os.lstat(target)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        return False
+    return mtime is None or abs(st.st_mtime_ns / 1e9 - mtime) <= window_s
 
 
 class Placement:

@@ -36,13 +36,36 @@ from mirror.crawl import Context, Outcome, fetch_file
 from mirror.disk import Disk, Placement
 from mirror.diskpool import disk_pool
 from mirror.errors import ConfigError, ErrorDetail, MirrorError, SourceUnavailable
-from mirror.jobs import FetchJob, JobSpec, decode_job, encode_job
+from mirror.jobs import FetchJob, JobSpec, encode_job, job_from_dict
 from mirror.ratelimit import Limiter, RateSettings
 from mirror.settings import SourceSettings, WorkerSettings
 from mirror.stats import Stats
 
 log = logging.getLogger(__name__)
 LINE_LIMIT = 64 * 1024 * 1024
+
+
+class _Lines:
+    """Lines for a pipe, written together once per turn of the loop.
+
+    One write per job and one per answer was a system call and a wake-up of the other side
+    for every small file; with many transfers running, a turn of the loop sends dozens at once.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._buffer: list[bytes] = []
+
+    async def send(self, line: bytes) -> None:
+        if not self._buffer:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._buffer.append(line)
+        await self._writer.drain()  # waits only while the pipe is full
+
+    def _flush(self) -> None:
+        lines, self._buffer = self._buffer, []
+        if not self._writer.is_closing():
+            self._writer.write(b"".join(lines))
 
 
 def _error_from(reply: Mapping[str, Any]) -> MirrorError:
@@ -71,6 +94,7 @@ class _Child:
         self.index = index
         self._setup = setup
         self._proc: asyncio.subprocess.Process | None = None
+        self._lines: _Lines | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next = 0
@@ -85,6 +109,7 @@ class _Child:
                     stdout=asyncio.subprocess.PIPE, limit=LINE_LIMIT)
                 assert self._proc.stdin is not None
                 self._proc.stdin.write(self._setup + b"\n")
+                self._lines = _Lines(self._proc.stdin)
                 self.transferred = 0
                 self._reader = asyncio.create_task(self._read(self._proc))
             return self._proc
@@ -106,15 +131,15 @@ class _Child:
             self._pending.clear()
 
     async def fetch(self, job: FetchJob) -> dict[str, Any]:
-        proc = await self._ensure()
-        assert proc.stdin is not None
+        await self._ensure()
+        assert self._lines is not None
+        lines = self._lines
         self._next += 1
         ident = self._next
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[ident] = future
-        proc.stdin.write(b'{"id":%d,"job":%s}\n' % (ident, encode_job(job)))
         try:
-            await proc.stdin.drain()
+            await lines.send(b'{"id":%d,"job":%s}\n' % (ident, encode_job(job)))
             return await future
         except (ConnectionError, BrokenPipeError) as exc:
             raise SourceUnavailable(f"fetch process {self.index} is gone: {exc}") from exc
@@ -207,7 +232,7 @@ async def _child_main() -> None:
                   limiter)
     transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
                                                         sys.stdout)
-    out = asyncio.StreamWriter(transport, protocol, None, loop)
+    out = _Lines(asyncio.StreamWriter(transport, protocol, None, loop))
     tasks: set[asyncio.Task[None]] = set()
 
     async def handle(ident: int, job: FetchJob) -> None:
@@ -219,13 +244,12 @@ async def _child_main() -> None:
             reply = _reply_for(exc)
         reply.update(id=ident, seconds=round(time.monotonic() - started, 6),
                      transferred=stats.transferred)
-        out.write(json.dumps(reply).encode() + b"\n")
-        await out.drain()
+        await out.send(json.dumps(reply).encode() + b"\n")
 
     try:
         while line := await reader.readline():
             request = json.loads(line)
-            job = decode_job(json.dumps(request["job"]).encode())
+            job = job_from_dict(request["job"])
             if not isinstance(job, FetchJob):
                 continue
             task = asyncio.create_task(handle(int(request["id"]), job))

@@ -46,7 +46,9 @@ Job = ListJob | FetchJob
 def encode_job(job: Job) -> bytes:
     kind = "list" if isinstance(job, ListJob) else "fetch"
     body: dict[str, Any] = {"v": SCHEMA_VERSION, "t": kind}
-    body.update({k: v for k, v in asdict(job).items() if v is not None and v is not False})
+    # vars(), not asdict(): the fields are flat, and asdict's deep copy (4 us) cost more
+    # than the whole encoding; it runs for every message.
+    body.update({k: v for k, v in vars(job).items() if v is not None and v is not False})
     # ASCII escapes: a name with a lone surrogate (legal in a JSON listing) still encodes.
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -56,8 +58,14 @@ def decode_job(raw: bytes) -> Job:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"message is not valid JSON: {exc}") from exc
+    return job_from_dict(body)
+
+
+def job_from_dict(body: Any) -> Job:
+    """The job of an already parsed message body."""
     if not isinstance(body, dict):
         raise ProtocolError("message is not a JSON object")
+    body = dict(body)
     if body.get("v") != SCHEMA_VERSION:
         raise ProtocolError(
             f"message schema version {body.get('v')!r} is not {SCHEMA_VERSION}; "

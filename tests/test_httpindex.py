@@ -218,3 +218,22 @@ async def test_index_arriving_in_pieces_is_read_whole() -> None:
                 await source.list_page("", None)
         finally:
             await source.close()
+
+
+@pytest.mark.parametrize("page", [
+    # nginx: every link plain; names with entities and spaces
+    '<pre><a href="../">../</a>\r\n<a href="a%20b&amp;c.txt">a b&amp;c.txt</a>   '
+    '21-Nov-2026 10:00    12\r\n<a href="d/">d/</a>   21-Nov-2026 10:00    -\r\n</pre>',
+    # upper-case tags and a link with more attributes: the quick way must not be taken
+    '<pre><A HREF="x">x</A> 21-Nov-2026 10:00 1\n<a href="y">y</a> 21-Nov-2026 10:00 2\n</pre>',
+    '<a class="n" href="x">x</a> 1\n<a href="y">y</a> 2\n',
+    # Caddy-like: markup inside the link
+    '<a href="./x"><span class="name">x</span></a><a href="y">y</a> 3\n',
+])
+def test_quick_link_reading_agrees_with_the_html_parser(page: str) -> None:
+    from mirror.sources.httpindex import _Links, _links
+
+    parser = _Links()
+    parser.feed(page)
+    parser.close()
+    assert _links(page) == parser.links

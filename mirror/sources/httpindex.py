@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import html
 import json
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -51,6 +52,10 @@ MAX_INDEX_BYTES = 256 * 1024 * 1024  # a folder of a few million entries; more i
 HEAD_CONCURRENCY = 16
 # nginx HTML: <a href="x">x</a>   21-Nov-2026 10:00    1234   (size "-" for folders)
 _NGINX_ROW = re.compile(r"^\s*(\d{2}-[A-Za-z]{3}-\d{4} \d{2}:\d{2})\s+(\d+|-)\s*$")
+# Pages where every link is a plain <a href="...">text</a> (nginx's autoindex) are read with a
+# regular expression: HTMLParser cost 15 us a link, most of the lister's CPU for small files.
+_PLAIN_LINK = re.compile(r'<a href="([^"<>]*)">[^<]*</a>([^<]*)')
+_ANY_LINK = re.compile(r"<a\s", re.IGNORECASE)
 _MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
                                        "Sep", "Oct", "Nov", "Dec"), start=1)}
 
@@ -86,6 +91,17 @@ class _Links(HTMLParser):
             self.links[-1] = (href, "".join(self._after))
 
 
+def _links(text: str) -> list[tuple[str, str]]:
+    """(href, text after the link) of every link, by the quick way where it reads them all."""
+    plain = _PLAIN_LINK.findall(text)
+    if len(plain) == len(_ANY_LINK.findall(text)):
+        return [(html.unescape(h) if "&" in h else h, after) for h, after in plain]
+    parser = _Links()
+    parser.feed(text)
+    parser.close()
+    return parser.links
+
+
 def _nginx_mtime(text: str) -> float:
     day, mon, rest = text.split("-", 2)
     year, hm = rest.split(" ")
@@ -110,8 +126,13 @@ def _http_date(value: Any) -> float | None:
 
 def child_name(href: str, folder_url: str) -> tuple[str, bool] | None:
     """The child's raw name and whether it is a folder, or None if the link is not a child."""
-    if not href or href.startswith(("?", "#")) or "?" in href or "#" in href:
+    if not href or "?" in href or "#" in href:
         return None
+    bare = href[:-1] if href.endswith("/") else href
+    if bare and "/" not in bare and ":" not in bare and bare not in (".", ".."):
+        # A plain relative name (what every index page links its children with) needs no
+        # URL resolution: a quarter of the listing's CPU went to urljoin.
+        return unquote(bare, errors="strict"), href.endswith("/")
     target = urljoin(folder_url, href)
     base = urlsplit(folder_url)
     parts = urlsplit(target)
@@ -159,12 +180,9 @@ def parse_html_index(raw: bytes, path: str, folder_url: str,
                      charset: str | None = None) -> list[tuple[Entry, bool]]:
     """nginx, Apache or Caddy HTML. Exact only where the nginx row format gives bytes."""
     text = raw.decode(charset or "utf-8", errors="replace")
-    parser = _Links()
-    parser.feed(text)
-    parser.close()
     seen: set[str] = set()
     out = []
-    for href, after in parser.links:
+    for href, after in _links(text):
         try:
             child = child_name(href, folder_url)
         except UnicodeDecodeError:
