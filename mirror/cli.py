@@ -159,8 +159,13 @@ def worker_options(f: F) -> F:
                      help="On SIGTERM, let in-flight work finish for this long."),
         click.option("--max-backlog", type=click.IntRange(1), default=50_000,
                      envvar="MIRROR_MAX_BACKLOG", show_default=True,
-                     help="Listing pauses while a fetch queue of the job holds more ready "
-                     "jobs than this."),
+                     help="Listing pauses while a fetch queue of the job holds about this "
+                     "many files."),
+        click.option("--batch-files", type=click.IntRange(1, 1000), default=32,
+                     envvar="MIRROR_BATCH_FILES", show_default=True, metavar="N",
+                     help="The lister sends small files (up to 1 MiB) of a folder N to a "
+                     "message; each file is still retried or parked on its own. 1: one "
+                     "message per file."),
         click.option("--min-rate", type=SIZE, default="1K", envvar="MIRROR_MIN_RATE",
                      show_default=True, metavar="RATE",
                      help="A transfer slower than this (bytes/s, e.g. 10K) for a whole "
@@ -258,6 +263,7 @@ def make_worker_settings(o: Mapping[str, Any], role: str = "all") -> WorkerSetti
         verify_checksum=o["checksum"], fsync=o["fsync"], drain_deadline_s=o["drain_deadline"],
         min_rate_bps=float(o["min_rate"]), stall_window_s=o["stall_window"],
         max_backlog=o["max_backlog"], file_events=o.get("events", True),
+        batch_files=o.get("batch_files", 32),
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mirror.batches import pack
 from mirror.broker import Broker, Topology
 from mirror.disk import Disk, PartFile, Placement, check_name
 from mirror.errors import (
@@ -25,7 +26,7 @@ from mirror.errors import (
     UnsafePath,
 )
 from mirror.events import parked_event
-from mirror.jobs import FetchJob, Job, JobSpec, ListJob, Reason, shard_of
+from mirror.jobs import FetchBatch, FetchJob, Job, JobSpec, ListJob, Reason, shard_of
 from mirror.ratelimit import Limiter
 from mirror.settings import WorkerSettings
 from mirror.sources import Body, Source
@@ -51,6 +52,10 @@ class BacklogGate:
         self.limit = limit
         self._lock = asyncio.Lock()
         self.paused_s = 0.0
+        # Messages that may still be published before the queues are looked at again: the
+        # room left below the limit at the last look (consumers only ever shrink a queue).
+        # Looking before every page cost the lister several broker round trips a page.
+        self._room = 0
 
     async def backlog(self) -> int:
         depths = await self._broker.depths()
@@ -58,19 +63,22 @@ class BacklogGate:
                    default=0)
 
     @contextlib.asynccontextmanager
-    async def room(self) -> AsyncIterator[None]:
+    async def room(self, messages: int = 1) -> AsyncIterator[None]:
         async with self._lock:
-            waited = False
-            started = time.monotonic()
-            while (ready := await self.backlog()) > self.limit:
-                if not waited:
-                    log.info("listing paused: a fetch queue holds %d jobs, above --max-backlog "
-                             "%d", ready, self.limit)
-                    waited = True
-                await asyncio.sleep(1.0)
-            if waited:
-                self.paused_s += time.monotonic() - started
-                log.info("listing resumed")
+            if self._room <= 0:
+                waited = False
+                started = time.monotonic()
+                while (ready := await self.backlog()) > self.limit:
+                    if not waited:
+                        log.info("listing paused: a fetch queue holds %d messages, above "
+                                 "--max-backlog", ready)
+                        waited = True
+                    await asyncio.sleep(1.0)
+                if waited:
+                    self.paused_s += time.monotonic() - started
+                    log.info("listing resumed")
+                self._room = self.limit - ready
+            self._room -= messages
             yield
 
 
@@ -90,7 +98,9 @@ class Context:
     backlog: BacklogGate = field(init=False)
 
     def __post_init__(self) -> None:
-        self.backlog = BacklogGate(self.broker, self.topology, self.settings.max_backlog)
+        # The gate counts messages; a message carries up to batch_files small files.
+        limit = max(1, self.settings.max_backlog // max(1, self.settings.batch_files))
+        self.backlog = BacklogGate(self.broker, self.topology, limit)
 
     def disk_for(self, job: FetchJob) -> Disk:
         shard = shard_of(job.path, self.spec.shards, self.spec.shard_by, job.is_dir)
@@ -128,11 +138,14 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
         follow.append(ListJob(job.path, page.cursor, job.page + 1, empty, last))
     elif job.cursor is None and not page.entries:
         follow.append(FetchJob(job.path, is_dir=True))  # an empty folder is reproduced too
-    if any(isinstance(j, FetchJob) for j in follow):
-        async with ctx.backlog.room():
-            await ctx.broker.publish(follow)
+    settings = ctx.settings
+    messages = pack(follow, ctx.topology, settings.batch_files, settings.batch_bytes,
+                    settings.small_file_max)
+    if any(isinstance(j, FetchJob | FetchBatch) for j in messages):
+        async with ctx.backlog.room(len(messages)):
+            await ctx.broker.publish(messages)
     else:
-        await ctx.broker.publish(follow)
+        await ctx.broker.publish(messages)
     for item, problem in refused:
         log.warning("refused %r: %s", item.path, problem)
         reason = Reason.from_error(problem, attempts=0)

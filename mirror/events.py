@@ -10,8 +10,10 @@ as routing key:
 
 Delivery is at least once: a file's event is confirmed by the broker before its job is acked,
 so a worker that dies in between does the file again (a skip) and sends a second event.
-Consumers key on ``path``. A system that must not miss events binds its own durable queue to
-``J.events`` before it seeds the job; ``mirror watch`` binds a temporary one.
+Consumers key on ``path``. Files that travelled in one batch message are reported together:
+one event per kind with ``files``, a list of ``{"path", "size"}``, instead of ``path`` and
+``size`` (``each_file`` spreads it out). A system that must not miss events binds its own
+durable queue to ``J.events`` before it seeds the job; ``mirror watch`` binds a temporary one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import functools
 import os
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from mirror.jobs import FetchJob, Job, Reason
@@ -46,6 +49,21 @@ def file_event(kind: str, job_name: str, job: FetchJob) -> dict[str, Any]:
     return {**_base(f"file.{kind}", job_name), "path": job.path, "size": job.size}
 
 
+def files_event(kind: str, job_name: str, jobs: Sequence[FetchJob]) -> dict[str, Any]:
+    """One event for several files settled together (a batch): ``files`` instead of ``path``."""
+    return {**_base(f"file.{kind}", job_name),
+            "files": [{"path": j.path, "size": j.size} for j in jobs]}
+
+
+def each_file(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """A file event as one event per file (a batch's ``files`` spread out)."""
+    files = event.get("files")
+    if not isinstance(files, list):
+        return [event]
+    base = {k: v for k, v in event.items() if k != "files"}
+    return [{**base, **f} for f in files if isinstance(f, dict)]
+
+
 def parked_event(job_name: str, job: Job, reason: Reason) -> dict[str, Any]:
     if isinstance(job, FetchJob) and not job.is_dir:
         event = file_event("parked", job_name, job)
@@ -59,4 +77,5 @@ def finished_event(job_name: str, counts: dict[str, int]) -> dict[str, Any]:
     return {**_base("job.finished", job_name), **counts}
 
 
-__all__ = ["KINDS", "events_exchange", "file_event", "finished_event", "parked_event"]
+__all__ = ["KINDS", "each_file", "events_exchange", "file_event", "files_event", "finished_event",
+           "parked_event"]

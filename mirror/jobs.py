@@ -40,15 +40,40 @@ class FetchJob:
     is_dir: bool = False
 
 
-Job = ListJob | FetchJob
+@dataclass(frozen=True)
+class FetchBatch:
+    """Small files of one listing page and one shard, carried in one message.
+
+    One message per file cost three broker operations per file (publish, deliver, ack); a
+    batch costs them once. Each file is still settled on its own (``mirror.batches``): one
+    that fails is retried or parked as a single-file job, the others are not held back.
+    """
+
+    files: tuple[FetchJob, ...]
+
+    @property
+    def path(self) -> str:
+        """The folder of the batch's first file (for logs and the shard)."""
+        return self.files[0].path.rpartition("/")[0] if self.files else ""
+
+
+Job = ListJob | FetchJob | FetchBatch
+
+
+def _fields(job: ListJob | FetchJob) -> dict[str, Any]:
+    # vars(), not asdict(): the fields are flat, and asdict's deep copy (4 us) cost more
+    # than the whole encoding; it runs for every message.
+    return {k: v for k, v in vars(job).items() if v is not None and v is not False}
 
 
 def encode_job(job: Job) -> bytes:
-    kind = "list" if isinstance(job, ListJob) else "fetch"
-    body: dict[str, Any] = {"v": SCHEMA_VERSION, "t": kind}
-    # vars(), not asdict(): the fields are flat, and asdict's deep copy (4 us) cost more
-    # than the whole encoding; it runs for every message.
-    body.update({k: v for k, v in vars(job).items() if v is not None and v is not False})
+    body: dict[str, Any] = {"v": SCHEMA_VERSION}
+    if isinstance(job, FetchBatch):
+        body["t"] = "batch"
+        body["files"] = [_fields(f) for f in job.files]
+    else:
+        body["t"] = "list" if isinstance(job, ListJob) else "fetch"
+        body.update(_fields(job))
     # ASCII escapes: a name with a lone surrogate (legal in a JSON listing) still encodes.
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -78,6 +103,13 @@ def job_from_dict(body: Any) -> Job:
             return ListJob(**body)
         if kind == "fetch":
             return FetchJob(**body)
+        if kind == "batch":
+            files = body.pop("files", None)
+            if body or not isinstance(files, list) or not files or not all(
+                    isinstance(f, dict) for f in files):
+                raise ProtocolError("a batch message needs a non-empty list of files and "
+                                    "nothing else")
+            return FetchBatch(tuple(FetchJob(**f) for f in files))
     except TypeError as exc:
         raise ProtocolError(f"message has unexpected fields: {exc}") from exc
     raise ProtocolError(f"unknown message type {kind!r}")

@@ -51,7 +51,11 @@ class WorkerSettings:
     # A transfer slower than this over a whole window is stalled: aborted, resumed or retried.
     min_rate_bps: float = 1024.0
     stall_window_s: float = 60.0
-    max_backlog: int = 50_000  # listing pauses while a fetch queue holds more ready jobs
+    max_backlog: int = 50_000  # listing pauses while a fetch queue holds about this many files
+    # Small files of a listing page travel this many to a message (1: one message per file),
+    # at most batch_bytes in all.
+    batch_files: int = 32
+    batch_bytes: int = 32 << 20
     file_events: bool = True  # one confirmed event per file on the job's events exchange
 
     @property

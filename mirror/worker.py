@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from mirror.batches import FileDelivery, split_batches
 from mirror.broker import Broker, Consumer, Delivery, Topology
 from mirror.control import Presence, job_done
 from mirror.crawl import Context, Outcome, describe, fetch_file, list_dir
@@ -102,7 +103,8 @@ class Worker:
             for queue in self.queues:
                 prefetch = (self.settings.list_concurrency if queue == self.topology.list_queue
                             else self.settings.concurrency)
-                self._consumers.append(await self.broker.consume(queue, prefetch, self._deliver))
+                handler = split_batches(self._deliver, self.broker, self.spec.name)
+                self._consumers.append(await self.broker.consume(queue, prefetch, handler))
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=0.5)
@@ -178,11 +180,17 @@ class Worker:
                 finally:
                     self._listing -= 1
             else:
+                if not isinstance(job, FetchJob):  # batches are split before they get here
+                    raise TypeError(f"unexpected {type(job).__name__} in the file handler")
                 async with self._fetch_slots:
                     outcome = await self._fetch(job)
                 if outcome in ("fetched", "skipped") and self.settings.file_events:
-                    # Confirmed before the ack: at least once, never lost.
-                    await self.broker.publish_event(file_event(outcome, self.spec.name, job))
+                    if isinstance(delivery, FileDelivery):
+                        delivery.outcome = outcome  # told with its batch, before its ack
+                    else:
+                        # Confirmed before the ack: at least once, never lost.
+                        await self.broker.publish_event(file_event(outcome, self.spec.name,
+                                                                   job))
         except asyncio.CancelledError:
             await asyncio.shield(self._settle(delivery.release()))
             raise

@@ -159,8 +159,9 @@ async def test_backlog_stays_bounded(tmp_path: Path, rabbit_url: str, job_name: 
             run = asyncio.create_task(run_job(
                 spec, tmp_path / "dest", rabbit_url,
                 SourceSettings(endpoint=fake.url, env=CREDENTIALS, list_limit=page),
+                # One file a message, so that the queue depth counts files.
                 WorkOptions(WorkerSettings(concurrency=4, list_concurrency=4, fsync=False,
-                                           max_backlog=limit)),
+                                           max_backlog=limit, batch_files=1)),
                 tmp_path / "state"))
             while not run.done():
                 try:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mirror.jobs import FetchJob, Job, JobSpec, Reason, shard_of
+from mirror.jobs import FetchBatch, FetchJob, Job, JobSpec, Reason, shard_of
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class Topology:
         return [*self.work_queues, *self.retry_queues]
 
     def queue_for(self, job: Job) -> str:
+        if isinstance(job, FetchBatch):
+            job = job.files[0]  # the lister batches files of one shard only
         if isinstance(job, FetchJob):
             return self.fetch_queue(
                 shard_of(job.path, self.spec.shards, self.spec.shard_by, job.is_dir)
@@ -89,10 +91,21 @@ class QueueDepth:
 
 
 class Delivery(Protocol):
-    job: Job
-    queue: str
-    attempts: int  # failed attempts before this delivery (0 on the first)
-    redelivered: bool  # the broker may have handed this message out before
+    @property
+    def job(self) -> Job: ...
+
+    @property
+    def queue(self) -> str: ...
+
+    @property
+    def attempts(self) -> int:
+        """Failed attempts before this delivery (0 on the first)."""
+        ...
+
+    @property
+    def redelivered(self) -> bool:
+        """The broker may have handed this message out before."""
+        ...
 
     async def ack(self) -> None: ...
 
@@ -133,6 +146,11 @@ class Broker(Protocol):
 
     async def park(self, job: Job, reason: Reason) -> None:
         """Put a job straight into the parked queue (a listed entry refused before any work)."""
+        ...
+
+    async def retry_later(self, job: Job, attempts: int, delay_s: float) -> None:
+        """Send a job through the retry tier for ``delay_s`` back to its queue, with
+        ``attempts`` (a file of a batch that failed)."""
         ...
 
     async def consume(self, queue: str, prefetch: int, handler: Handler) -> Consumer: ...

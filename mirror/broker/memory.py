@@ -146,6 +146,9 @@ class MemoryBroker:
     async def park(self, job: Job, reason: Reason) -> None:
         self._park(ParkedJob(job, self.topology.queue_for(job), reason))
 
+    async def retry_later(self, job: Job, attempts: int, delay_s: float) -> None:
+        self._delay(self._queues[self.topology.queue_for(job)], _Message(job, attempts), delay_s)
+
     async def consume(self, queue: str, prefetch: int, handler: Handler) -> _Consumer:
         q = self._queues.get(queue)
         if q is None:

@@ -378,6 +378,11 @@ class RabbitBroker:
     async def park(self, job: Job, reason: Reason) -> None:
         await self.park_from(job, self.topology.queue_for(job), reason)
 
+    async def retry_later(self, job: Job, attempts: int, delay_s: float) -> None:
+        topology = self.topology
+        await self.publish_to_tier(job, topology.tier_for(delay_s), topology.queue_for(job),
+                                   attempts)
+
     async def _park_raw(self, body: bytes, queue: str, reason: Reason) -> None:
         await self._publish_raw("", self.topology.parked_queue, body, {
             ATTEMPTS: reason.attempts, FROM_QUEUE: queue,

@@ -16,7 +16,7 @@ from mirror.aio import run_async
 from mirror.broker import Topology
 from mirror.cli import cli, start_logging
 from mirror.commands.admin import _rabbit, job_option
-from mirror.events import KINDS
+from mirror.events import KINDS, each_file
 
 broker_required = click.option("--broker", envvar="MIRROR_BROKER_URL", required=True,
                                metavar="URL", help="RabbitMQ URL of the job.")
@@ -97,14 +97,15 @@ def watch(ctx: click.Context, /, job_name: str, broker: str, kinds: tuple[str, .
         b = await _rabbit(broker, job_name)
         finished = asyncio.Event()
 
-        def on_event(event: dict[str, Any]) -> None:
-            kind = str(event.get("event", ""))
-            if kinds and kind not in kinds:
-                pass
-            elif as_json:
-                click.echo(json.dumps(event, ensure_ascii=False))
-            else:
-                click.echo(_line(event))
+        def on_event(message: dict[str, Any]) -> None:
+            kind = str(message.get("event", ""))
+            for event in each_file(message):  # a batch's event: one line per file
+                if kinds and kind not in kinds:
+                    pass
+                elif as_json:
+                    click.echo(json.dumps(event, ensure_ascii=False))
+                else:
+                    click.echo(_line(event))
             if kind == "job.finished":
                 finished.set()
 
