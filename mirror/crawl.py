@@ -155,6 +155,8 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
             with contextlib.suppress(MirrorError):  # the park is done and must not repeat
                 await ctx.broker.publish_event(parked_event(ctx.spec.name, item, reason))
     ctx.stats.pages += 1
+    ctx.stats.file_messages += sum(1 for m in messages if isinstance(m, FetchBatch) or (
+        isinstance(m, FetchJob) and not m.is_dir))
     ctx.stats.entries += len(page.entries)
     for item in follow:
         if isinstance(item, FetchJob) and not item.is_dir:

@@ -167,7 +167,14 @@ def rates(now: Snapshot, before: Snapshot | None) -> tuple[float, float]:
 
 def summarize(now: Snapshot, before: Snapshot | None = None) -> dict[str, Any]:
     t = now.topology
-    fetch_ready, fetch_held = now.queued([*t.fetch_queues, *t.retry_queues])
+    # Fetch queues count messages, and a message may carry a batch of files: scale by what
+    # the live listers sent (files per message). Retry tiers hold single files.
+    listed, messages = now.total("listed_files"), now.total("file_messages")
+    per_message = listed / messages if listed and messages else 1.0
+    work_ready, work_held = now.queued(t.fetch_queues)
+    retry_ready, retry_held = now.queued(t.retry_queues)
+    fetch_ready = round(work_ready * per_message) + retry_ready
+    fetch_held = round(work_held * per_message) + retry_held
     list_ready, list_held = now.queued([t.list_queue])
     in_flight = sum(int(r.get("counts", {}).get("inflight", 0)) for r in now.reports.values())
     listing_now = now.total("listing")

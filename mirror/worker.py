@@ -81,6 +81,7 @@ class Worker:
                 "retried": s.retried, "fetched_bytes": s.fetched_bytes,
                 "skipped_bytes": s.skipped_bytes, "received_bytes": s.transferred,
                 "listed_files": s.listed_files, "listed_bytes": s.listed_bytes,
+                "file_messages": s.file_messages,
                 "pages": s.pages, "inflight": s.inflight, "listing": self._listing}
 
     def request_stop(self, why: str = "stop requested") -> None:

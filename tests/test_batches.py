@@ -1,0 +1,129 @@
+"""Batches of small files: packed by the lister, settled file by file, on both brokers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from mirror.batches import FileDelivery, pack, split_batches
+from mirror.broker import Broker, Delivery, Topology
+from mirror.errors import ErrorDetail, NotFound, ProtocolError
+from mirror.events import each_file
+from mirror.jobs import FetchBatch, FetchJob, JobSpec, ListJob, Reason, decode_job, encode_job
+from tests.test_broker_contract import Factory, brokers, collect, spec_of, wait_depth
+
+__all__ = ["brokers"]  # the fixture, shared with the broker contract
+
+
+def test_pack_groups_small_files_by_queue_within_limits() -> None:
+    spec = JobSpec(name="p", source="upyun://b/", shards=2, shard_by="path")
+    topology = Topology(spec)
+    small = [FetchJob(f"d/f{i}", size=10) for i in range(9)]
+    jobs = [ListJob("d/sub"), FetchJob("d/big", size=5000), FetchJob("d/e", is_dir=True),
+            *small]
+    out = pack(jobs, topology, max_files=3, max_bytes=25, small_max=1000)
+    assert out[:3] == jobs[:3]  # listings, large files and folders go alone
+    batches = out[3:]
+    # every small file exactly once, each batch on one queue, within 3 files and 25 bytes
+    spread = [f for b in batches for f in (b.files if isinstance(b, FetchBatch) else [b])]
+    assert sorted(f.path for f in spread) == sorted(f.path for f in small)
+    for b in batches:
+        files = b.files if isinstance(b, FetchBatch) else (b,)
+        assert isinstance(b, FetchBatch | FetchJob)
+        assert len(files) <= 2  # 3 x 10 bytes is over 25
+        assert len({topology.queue_for(f) for f in files}) == 1
+        assert topology.queue_for(b) == topology.queue_for(files[0])
+    assert pack(jobs, topology, max_files=1, max_bytes=25, small_max=1000) == jobs
+
+
+def test_batch_messages_round_trip_and_bad_ones_are_refused() -> None:
+    batch = FetchBatch((FetchJob("a/x", 3, 1.5, "e"), FetchJob("a/\udcff y", 0)))
+    assert decode_job(encode_job(batch)) == batch
+    for bad in (b'{"v":1,"t":"batch","files":[]}', b'{"v":1,"t":"batch","files":[1]}',
+                b'{"v":1,"t":"batch","files":[{"path":"a"}],"x":1}',
+                b'{"v":1,"t":"batch","files":[{"nope":"a"}]}'):
+        with pytest.raises(ProtocolError):
+            decode_job(bad)
+
+
+async def one_batch(brokers: Factory, job_name: str,
+                    n: int) -> tuple[Broker, Topology, tuple[FetchJob, ...]]:
+    """A declared job with one batch of ``n`` files published on its fetch queue."""
+    b = await brokers()
+    spec = spec_of(job_name)
+    await b.declare(spec)
+    files = tuple(FetchJob(f"d/f{i}", size=i) for i in range(n))
+    await b.publish([FetchBatch(files)])
+    return b, Topology(spec), files
+
+
+async def test_each_file_of_a_batch_is_settled_on_its_own(brokers: Factory,
+                                                          job_name: str) -> None:
+    b, t, files = await one_batch(brokers, job_name, 5)
+    events: list[dict[str, Any]] = []
+    await b.subscribe_events(events.append)
+
+    async def per_file(d: Delivery) -> None:
+        assert isinstance(d, FileDelivery)
+        name = d.job.path
+        if name == "d/f2":
+            await d.retry(0.3)  # a transient failure: this file alone comes back
+        elif name == "d/f3":
+            await d.park(Reason.from_error(NotFound("gone", ErrorDetail()), 1))
+        else:
+            d.outcome = "fetched"
+            await d.ack()
+
+    [whole] = await collect(b, t.fetch_queue(0), 1, split_batches(per_file, b, job_name))
+    assert isinstance(whole.job, FetchBatch)
+
+    async def ack(d: Delivery) -> None:
+        await d.ack()
+
+    [again] = await collect(b, t.fetch_queue(0), 1, ack)
+    assert again.job == files[2] and again.attempts == 1
+    await wait_depth(b, t.parked_queue, 1)
+    await wait_depth(b, t.fetch_queue(0), 0)
+    for _ in range(50):
+        if events:
+            break
+        await asyncio.sleep(0.1)
+    # one event for the three files done, spread out by each_file
+    [event] = events
+    assert event["event"] == "file.fetched"
+    assert sorted(e["path"] for e in each_file(event)) == ["d/f0", "d/f1", "d/f4"]
+
+
+async def test_a_released_file_brings_its_whole_batch_back(brokers: Factory,
+                                                          job_name: str) -> None:
+    b, t, files = await one_batch(brokers, job_name, 3)
+    seen: list[tuple[str, bool]] = []
+
+    async def release_one(d: Delivery) -> None:
+        seen.append((d.job.path, d.redelivered))
+        if d.job.path == "d/f1" and not d.redelivered:
+            await d.release()  # e.g. the worker is stopping
+        else:
+            await d.ack()
+
+    await collect(b, t.fetch_queue(0), 2, split_batches(release_one, b, job_name))
+    assert sorted(seen) == sorted([(f.path, False) for f in files] +
+                                  [(f.path, True) for f in files])
+    await wait_depth(b, t.fetch_queue(0), 0)
+
+
+def test_status_counts_queued_files_not_messages() -> None:
+    from mirror.broker import QueueDepth
+    from mirror.status import Snapshot, summarize
+
+    spec = JobSpec(name="s", source="upyun://b/", shards=2)
+    t = Topology(spec)
+    queues = {q: QueueDepth(0, 0, 1) for q in [*t.pending_queues, t.parked_queue]}
+    queues[t.fetch_queue(0)] = QueueDepth(3, 1, 1)  # messages: batches of 25 files here
+    queues[t.retry_queue(0)] = QueueDepth(2, 0, 0)  # single files waiting for a retry
+    lister = {"counts": {"listed_files": 100, "file_messages": 4, "listing": 1}, "held": 1}
+    now = Snapshot("s", "memory", "management", 0.0, queues, t, {"w1": lister})
+    files = summarize(now)["files"]
+    assert files["queued"] == 3 * 25 + 2 + 1 * 25
