@@ -19,8 +19,6 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -186,8 +184,8 @@ class Limiter:
     def throttled(self, budget: Budget) -> int:
         return self._adaptive[budget].throttled
 
-    @asynccontextmanager
-    async def request(self, budget: Budget) -> AsyncIterator[None]:
+    async def admit(self, budget: Budget) -> None:
+        """Wait until one more request fits the budgets, and count it as sent."""
         adaptive = self._adaptive[budget]
         if self.settings.adaptive:
             hold = adaptive.holding_s
@@ -197,7 +195,6 @@ class Limiter:
         await self._buckets[budget].take()
         await self._cluster.take()
         adaptive.sent()
-        yield
 
     def record(self, budget: Budget, status: int, seconds: float) -> None:
         """One answered request (status 0: no answer: timeout, dropped connection)."""

@@ -165,13 +165,13 @@ async def metered_request(session: aiohttp.ClientSession, limiter: Limiter, budg
                           **kwargs: Any) -> aiohttp.ClientResponse:
     """One request inside the limiter's budget, its status and time recorded, and the
     adaptive rate told of success or push-back (429/503). Returns the response, any status."""
-    async with limiter.request(budget):
-        started = time.monotonic()
-        try:
-            resp = await session.request(method, url, headers=dict(headers), **kwargs)
-        except Exception:
-            limiter.record(budget, 0, time.monotonic() - started)
-            raise
+    await limiter.admit(budget)
+    started = time.monotonic()
+    try:
+        resp = await session.request(method, url, headers=dict(headers), **kwargs)
+    except Exception:
+        limiter.record(budget, 0, time.monotonic() - started)
+        raise
     limiter.record(budget, resp.status, time.monotonic() - started)
     if resp.status < 300:
         limiter.success(budget)
