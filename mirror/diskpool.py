@@ -33,9 +33,11 @@ def _run_batch(calls: list[_Call]) -> list[tuple[bool, Any]]:
 
 
 class DiskPool:
-    def __init__(self, threads: int, *, batch_max: int = 32) -> None:
+    def __init__(self, threads: int, *, batch_max: int = 32, batches: int = 2) -> None:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="disk")
         self._batch_max = batch_max
+        self._batches = batches  # running at once; more calls wait for one to finish
+        self._running = 0
         self._pending: list[_Call] = []
         self._flushing = False
 
@@ -52,12 +54,20 @@ class DiskPool:
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._flushing = False
-        pending, self._pending = self._pending, []
-        # Several batches when many calls are waiting: the threads share them.
-        for start in range(0, len(pending), self._batch_max):
-            batch = pending[start:start + self._batch_max]
+        # While the threads are busy the calls gather into larger batches: under load a
+        # thread goes from batch to batch without sleeping, and fewer wake-ups are paid.
+        while self._pending and self._running < self._batches:
+            batch = self._pending[:self._batch_max]
+            del self._pending[:self._batch_max]
+            self._running += 1
             done = loop.run_in_executor(self._executor, _run_batch, batch)
-            done.add_done_callback(functools.partial(_settle, batch))
+            done.add_done_callback(functools.partial(self._finished, loop, batch))
+
+    def _finished(self, loop: asyncio.AbstractEventLoop, batch: list[_Call],
+                  done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+        self._running -= 1
+        _settle(batch, done)
+        self._flush(loop)
 
     def shutdown(self, wait: bool = True) -> None:
         self._executor.shutdown(wait=wait)
