@@ -102,6 +102,9 @@ class _Child:
         self.transferred = 0  # the child's own running total, last reported
 
     async def _ensure(self) -> asyncio.subprocess.Process:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            return proc  # the common case, without taking the lock
         async with self._lock:
             if self._proc is None or self._proc.returncode is not None:
                 self._proc = await asyncio.create_subprocess_exec(

@@ -47,10 +47,12 @@ def make_session(settings: SourceSettings, user_agent: str) -> aiohttp.ClientSes
         limit=settings.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True
     )
     # auto_decompress off: a mirror stores the bytes the source stores, never a decoded form.
+    # No cookie jar: no store we read from needs one, and matching cookies costs every request.
     return aiohttp.ClientSession(
         timeout=timeout,
         connector=connector,
         auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
     )
 
