@@ -53,7 +53,8 @@ class BacklogGate:
         self._lock = asyncio.Lock()
         self.paused_s = 0.0
         # Messages that may still be published before the queues are looked at again: the
-        # room left below the limit at the last look (consumers only ever shrink a queue).
+        # room left below the limit at the last look (consumers only ever shrink a queue),
+        # at most a tenth of the limit, so that several listers overshoot it by little.
         # Looking before every page cost the lister several broker round trips a page.
         self._room = 0
 
@@ -77,7 +78,7 @@ class BacklogGate:
                 if waited:
                     self.paused_s += time.monotonic() - started
                     log.info("listing resumed")
-                self._room = self.limit - ready
+                self._room = min(self.limit - ready, max(1, self.limit // 10))
             self._room -= messages
             yield
 
