@@ -58,6 +58,10 @@ class Worker:
         self._handlers: set[asyncio.Task[object]] = set()
         self._consumers: list[Consumer] = []
         self._stop = asyncio.Event()
+        # Set on a stop request and whenever this worker's last held job is settled: a job
+        # that just ran out of work is then seen done at once instead of at the next poll
+        # (the polling interval was most of the run time of a small embedded job).
+        self._wake = asyncio.Event()
         self._stopping = False
         self._fetch_slots = asyncio.Semaphore(settings.concurrency)
         self.presence = Presence(broker, settings.role, self.queues, self.snapshot,
@@ -88,6 +92,7 @@ class Worker:
         if not self._stop.is_set():
             log.info("stopping: %s", why)
             self._stop.set()
+            self._wake.set()
             self.presence.state = "stopping"
 
     def abort(self) -> None:
@@ -108,7 +113,8 @@ class Worker:
                 self._consumers.append(await self.broker.consume(queue, prefetch, handler))
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=0.5)
+                    await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+                self._wake.clear()
                 self.limiter.set_workers(1 + len(self.presence.peers()))
                 if until_idle and not self._stop.is_set() and await self._job_done():
                     log.info("job %s is done", self.spec.name)
@@ -168,6 +174,8 @@ class Worker:
             await self._process(delivery)
         finally:
             self._held -= 1
+            if not self._held:
+                self._wake.set()
             if task is not None:
                 self._handlers.discard(task)
 
