@@ -30,6 +30,7 @@ from mirror.jobs import FetchBatch, FetchJob, Job, JobSpec, ListJob, Reason, sha
 from mirror.ratelimit import Limiter
 from mirror.settings import WorkerSettings
 from mirror.sources import Body, Source
+from mirror.sources.direct import DirectBody
 from mirror.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,10 @@ async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: C
         ctx.stats.transferred += len(data)
         await disk.run(_write_and_commit, part, data, track, job, md5, alone=disk.fsync)
         return
+    direct = body.direct()
+    if direct is not None:
+        await _receive_direct(job, direct, part, disk, ctx, track, md5)
+        return
     watch = RateWatch(ctx.settings.min_rate_bps, ctx.settings.stall_window_s)
     # Chunks are gathered into a batch and written with one pwritev in the disk pool while
     # the next batch is received: network and disk overlap, and no bytes are copied.
@@ -275,6 +280,62 @@ async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: C
         if writing is not None:  # the part must not be closed under a running write
             with contextlib.suppress(Exception):
                 await asyncio.shield(writing)
+
+
+async def _receive_direct(job: FetchJob, direct: DirectBody, part: PartFile, disk: Disk,
+                          ctx: Context, track: bool, md5: str | None) -> None:
+    """Copy the body from its socket in a disk thread (see ``mirror.sources.direct``)."""
+    end = part.size + len(direct.head) + direct.length
+    if end != job.size:
+        direct.close()
+        raise IntegrityError(f"{job.path}: the response ends at byte {end}, the listing says "
+                             f"{job.size} bytes")
+    progress = _ThreadProgress(ctx.stats, RateWatch(ctx.settings.min_rate_bps,
+                                                    ctx.settings.stall_window_s), job.path)
+    copying = asyncio.ensure_future(
+        disk.run(part.write_from, direct, track, progress.add, alone=True))
+    try:
+        await asyncio.shield(copying)
+    except asyncio.CancelledError:
+        direct.cancel()  # the thread stops within a poll; the part must outlive it
+        while not copying.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({copying})
+        if not copying.cancelled():
+            copying.exception()  # retrieved: the cancellation is what is reported
+        raise
+    finally:
+        progress.flush()
+        direct.close()
+    await disk.run(_write_and_commit, part, b"", track, job, md5, alone=True)
+
+
+class _ThreadProgress:
+    """Bytes counted in a disk thread, handed to the loop's stats about ten times a second
+    (each hand-over wakes the loop)."""
+
+    def __init__(self, stats: Stats, watch: RateWatch, what: str) -> None:
+        self._stats = stats
+        self._watch = watch
+        self._what = what
+        self._loop = asyncio.get_running_loop()
+        self._pending = 0
+        self._last = time.monotonic()
+
+    def add(self, n: int) -> None:  # in the disk thread
+        self._pending += n
+        self._watch.add(n, self._what)
+        now = time.monotonic()
+        if now - self._last >= 0.1:
+            n, self._pending, self._last = self._pending, 0, now
+            self._loop.call_soon_threadsafe(self._count, n)
+
+    def _count(self, n: int) -> None:
+        self._stats.transferred += n
+
+    def flush(self) -> None:  # on the loop, once the thread is done
+        n, self._pending = self._pending, 0
+        self._count(n)
 
 
 class RateWatch:

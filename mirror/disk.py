@@ -25,7 +25,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from mirror.diskpool import DiskPool
 from mirror.errors import Busy, DiskFull, FatalError, IntegrityError, MirrorError, UnsafePath
@@ -162,6 +162,23 @@ class PartFile:
                 self._md5.update(chunk)
             self.size += len(chunk)
 
+    def write_from(self, body: DirectSource, track_md5: bool,
+                   on_bytes: Callable[[int], None]) -> None:
+        """Append what ``body`` copies from its socket; ``size`` follows every block, so a
+        failure part-way leaves a part file to resume from."""
+        if track_md5 and self._md5 is None:
+            self._md5 = self._hash_prefix()
+
+        def written(n: int) -> None:
+            self.size += n
+            on_bytes(n)
+
+        try:
+            body.copy_to(self._fd, self.size, self._md5 if track_md5 else None, written)
+        except OSError as exc:
+            self._md5 = None  # it may hold bytes that did not reach the file: hash afresh
+            raise os_error(exc, f"writing {self.target}", self._disk.root) from exc
+
     def commit(self, expected_size: int, mtime: float | None, md5: str | None) -> None:
         """Check, stamp and rename into place. On a mismatch the part is deleted."""
         if self.size != expected_size:
@@ -203,6 +220,12 @@ class PartFile:
 
 
 IOV_MAX = 1024  # buffers per pwritev call (Linux's limit)
+
+
+class DirectSource(Protocol):
+    """What ``PartFile.write_from`` reads (``mirror.sources.direct.DirectBody``)."""
+
+    def copy_to(self, fd: int, pos: int, md5: Any, on_bytes: Callable[[int], None]) -> None: ...
 
 
 class Disk:

@@ -14,6 +14,7 @@ from typing import Protocol
 from mirror.errors import ConfigError
 from mirror.ratelimit import Limiter
 from mirror.settings import SourceSettings
+from mirror.sources.direct import DirectBody
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,11 @@ class Body(Protocol):
         ...
 
     async def read_all(self) -> bytes: ...
+
+    def direct(self) -> DirectBody | None:
+        """The rest of the body to be copied from its socket in a thread, or None when it
+        must come through ``chunks``."""
+        ...
 
 
 class Source(Protocol):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import re
 import time
@@ -28,6 +29,7 @@ from mirror.errors import (
 )
 from mirror.ratelimit import UNLIMITED, Budget, Limiter
 from mirror.settings import SourceSettings
+from mirror.sources.direct import DirectBody
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -193,13 +195,38 @@ class HttpBody:
         total_size: int | None,
         md5: str | None,
         limiter: Limiter | None = None,
+        read_timeout_s: float = 120.0,
     ) -> None:
         self._resp = resp
         self._limiter = limiter
         self._what = what
+        self._read_timeout_s = read_timeout_s
         self.offset = offset
         self.total_size = total_size
         self.md5 = md5
+
+    def direct(self) -> DirectBody | None:
+        """Hand the rest of the body over to be read straight from the socket in a thread
+        (``mirror.sources.direct``), or None where it must come through ``chunks``: TLS,
+        no Content-Length, a bandwidth limit to keep, or a body already complete."""
+        resp, content = self._resp, self._resp.content
+        connection = resp.connection
+        if (resp.content_length is None or connection is None or connection.transport is None
+                or connection.protocol is None
+                or (self._limiter is not None and self._limiter.settings.bwlimit_bps > 0)
+                or content.is_eof() or content.exception() is not None):
+            return None
+        transport = connection.transport
+        sock = transport.get_extra_info("socket")
+        if sock is None or transport.get_extra_info("sslcontext") is not None:
+            return None
+        left = resp.content_length - content.total_bytes
+        if left <= 0:
+            return None
+        head = content.read_nowait()  # may resume reading: pause only after it
+        connection.protocol.pause_reading()
+        return DirectBody(os.dup(sock.fileno()), head, left, self._read_timeout_s, self._what,
+                          resp.close)
 
     async def chunks(self, size: int) -> AsyncIterator[bytes]:
         try:
@@ -219,12 +246,12 @@ class HttpBody:
 
     @classmethod
     def of(cls, resp: aiohttp.ClientResponse, what: str, md5: str | None,
-           limiter: Limiter | None) -> HttpBody:
+           limiter: Limiter | None, settings: SourceSettings) -> HttpBody:
         """The body of a 200 (the whole file) or a 206 (from where Content-Range says)."""
         start, total = 0, resp.content_length
         if resp.status == 206:
             start, total = content_range(resp.headers.get("Content-Range"), what)
-        return cls(resp, what, start, total, md5, limiter)
+        return cls(resp, what, start, total, md5, limiter, settings.read_timeout_s)
 
     async def read_all(self) -> bytes:
         try:

@@ -331,7 +331,8 @@ class HttpIndexSource(HttpSessionOwner):
         resp = await with_retries(self._settings, what,
                                   lambda: self._attempt("GET", url, what, headers))
         try:
-            yield HttpBody.of(resp, what, None, self._limiter)
+            yield HttpBody.of(resp, what, None, self._limiter,
+                              self._settings)
         finally:
             resp.release()
 

@@ -202,7 +202,8 @@ class UpyunSource(HttpSessionOwner):
             self._settings, what, lambda: self._attempt("GET", uri, what, extra)
         )
         try:
-            yield HttpBody.of(resp, what, _md5_of(resp.headers), self._limiter)
+            yield HttpBody.of(resp, what, _md5_of(resp.headers), self._limiter,
+                              self._settings)
         finally:
             resp.release()
 
