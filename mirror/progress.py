@@ -14,14 +14,16 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
-
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from mirror.broker import Broker, QueueDepth, Topology
 from mirror.ratelimit import Limiter
 from mirror.stats import Stats
+
+if TYPE_CHECKING:  # rich is imported only for a live display: it costs every start 20 ms
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
 
 log = logging.getLogger("mirror.progress")
 RATE_WINDOW_S = 30.0
@@ -66,14 +68,18 @@ class Progress:
         self._topology = topology
         self._live_wanted = live
         self._log_every = log_every_s
-        self._console = console or Console(stderr=True)
+        self._console = console
         self._samples: deque[tuple[float, int, int]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._live: Live | None = None
 
     async def __aenter__(self) -> Progress:
         if self._live_wanted:
-            self._live = Live(console=self._console, refresh_per_second=4, transient=True)
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(console=self._console or Console(stderr=True),
+                              refresh_per_second=4, transient=True)
             self._live.start()
         self._task = asyncio.create_task(self._loop())
         return self
@@ -133,6 +139,8 @@ class Progress:
         return f" | 429s {hits}" + "".join(f", {r}" for r in rates)
 
     def table(self, v: View) -> Table:
+        from rich.table import Table
+
         s = self._stats
         t = Table.grid(padding=(0, 2))
         t.add_row("files", f"{s.fetched} fetched  {s.skipped} skipped  {s.parked} parked  "

@@ -21,7 +21,6 @@ from mirror.diskpool import disk_pool
 from mirror.errors import ConfigError, FatalError, NotFound
 from mirror.fetchpool import FetchPool
 from mirror.jobs import Job, JobSpec, ListJob
-from mirror.metrics import Exporter, Sources
 from mirror.parking import journal_path, write_journal
 from mirror.progress import Progress, summary
 from mirror.ratelimit import Limiter, RateSettings
@@ -182,6 +181,8 @@ async def _exported(broker: Broker, spec: JobSpec, worker: Worker, stats: Stats,
                     placement: Placement, options: WorkOptions) -> Outcome:
     exporter = None
     if options.metrics_addr:
+        from mirror.metrics import Exporter, Sources  # prometheus_client: only when asked for
+
         exporter = Exporter(options.metrics_addr, Sources(
             spec.name, options.worker.role, spec.source.partition("://")[0], stats,
             worker.limiter, placement, options.worker))

@@ -7,14 +7,13 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mirror import runner
 from mirror.aio import run_async
 from mirror.broker import ParkedJob
-from mirror.broker.rabbitmq import RabbitBroker
 from mirror.cli import (
     cli,
     live_progress,
@@ -29,6 +28,9 @@ from mirror.cli import (
 from mirror.errors import ConfigError
 from mirror.parking import group, journal_path, read_journal, reason_label, reason_matches
 
+if TYPE_CHECKING:
+    from mirror.broker.rabbitmq import RabbitBroker
+
 job_option = click.option("--job", "job_name", envvar="MIRROR_JOB", required=True,
                           metavar="NAME")
 broker_option = click.option(
@@ -40,6 +42,8 @@ state_option = click.option("--state-dir", type=click.Path(file_okay=False, path
 
 
 async def _rabbit(url: str, job: str) -> RabbitBroker:
+    from mirror.broker.rabbitmq import RabbitBroker  # aio-pika: only for commands that use it
+
     broker = await RabbitBroker.connect(url, runner.check_job_name(job),
                                         connection_name="bucket-mirror admin")
     try:
