@@ -87,17 +87,9 @@ class DirectBody:
                 fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
             left = self.length
             while left:
-                self._check()
-                try:
-                    n = os.splice(self.fd, w, min(left, PIPE_SIZE),
-                                  flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
-                except BlockingIOError:
-                    self._wait()
-                    continue
-                except OSError as exc:
-                    raise self._socket_error(exc) from exc
-                if n == 0:
-                    raise self._cut_short(left)
+                n = self._take(left, lambda k: os.splice(
+                    self.fd, w, min(k, PIPE_SIZE),
+                    flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK))
                 moved = 0
                 while moved < n:  # pipe to file: a disk error here is the file's
                     moved += os.splice(r, fd, n - moved, offset_dst=pos + moved,
@@ -114,16 +106,7 @@ class DirectBody:
         buffer = memoryview(bytearray(min(self.length, PIPE_SIZE) or 1))
         left = self.length
         while left:
-            self._check()
-            try:
-                n = os.readv(self.fd, [buffer[:min(left, len(buffer))]])
-            except BlockingIOError:
-                self._wait()
-                continue
-            except OSError as exc:
-                raise self._socket_error(exc) from exc
-            if n == 0:
-                raise self._cut_short(left)
+            n = self._take(left, lambda k: os.readv(self.fd, [buffer[:min(k, len(buffer))]]))
             block = buffer[:n]
             if md5 is not None:
                 md5.update(block)
@@ -131,6 +114,22 @@ class DirectBody:
             pos += n
             left -= n
             on_bytes(n)
+
+    def _take(self, left: int, receive: Callable[[int], int]) -> int:
+        """Bytes one ``receive(at_most)`` took from the socket, waiting while there are
+        none yet; the socket's failures and an early end become source errors."""
+        while True:
+            self._check()
+            try:
+                n = receive(left)
+            except BlockingIOError:
+                self._wait()
+                continue
+            except OSError as exc:
+                raise self._socket_error(exc) from exc
+            if n == 0:
+                raise self._cut_short(left)
+            return n
 
     def _wait(self) -> None:
         """Until the socket is readable; ``Stalled`` after the read timeout or a cancel."""
