@@ -214,8 +214,8 @@ async def test_faults_hit_first_attempts_only(root: Path, kind: str) -> None:
         src = source(fake)
         try:
             if kind == "drop":
-                # aiohttp itself retries an idempotent request once when the server hangs up
-                # before answering (RFC 9112 §9.3.1), so the client sees no error at all.
+                # The client sends an idempotent GET once more when the server hangs up
+                # before answering (RFC 9112 §9.3.1), so the caller sees no error at all.
                 pass
             else:
                 with pytest.raises(TransientError) as info:

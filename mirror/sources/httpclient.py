@@ -1,21 +1,20 @@
-"""What every HTTP-based source shares: one aiohttp session with timeouts, quick retries,
-translation of aiohttp's exceptions into ``mirror.errors``, and a streamed ``Body``.
+"""What every HTTP-based source shares: an aiohttp session (listing, HEAD) and a lean client
+(file bodies, ``mirror.sources.lean``) with timeouts, quick retries, translation of aiohttp's
+exceptions into ``mirror.errors``, and a streamed ``Body``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 import aiohttp
-from yarl import URL
 
 from mirror import __version__
 from mirror.errors import (
@@ -30,10 +29,12 @@ from mirror.errors import (
 from mirror.ratelimit import UNLIMITED, Budget, Limiter
 from mirror.settings import SourceSettings
 from mirror.sources.direct import DirectBody
+from mirror.sources.lean import LeanClient, Response
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+USER_AGENT = f"bucket-mirror/{__version__}"
 # Retry-After beyond this is left to the broker's retry tiers instead of holding a slot.
 MAX_INLINE_WAIT_S = 30.0
 
@@ -91,7 +92,7 @@ def retry_after_s(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def status_detail(resp: aiohttp.ClientResponse, code: str | None = None) -> ErrorDetail:
+def status_detail(resp: Answer, code: str | None = None) -> ErrorDetail:
     return ErrorDetail(
         http_status=resp.status,
         code=code,
@@ -145,34 +146,61 @@ def content_range(value: str | None, what: str) -> tuple[int, int | None]:
     return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
 
 
+class Answer(Protocol):
+    """What error handling reads of a response, from aiohttp or from ``mirror.sources.lean``."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+A = TypeVar("A", bound=Answer)
+
+
 class HttpSessionOwner:
-    """What an HTTP source keeps: its settings, its limiter and one lazily opened session."""
+    """What an HTTP source keeps: its settings, its limiter, one lazily opened aiohttp session
+    (listing, HEAD) and one lean client (file bodies)."""
 
     def __init__(self, settings: SourceSettings, limiter: Limiter | None) -> None:
         self._settings = settings
         self._limiter = limiter or Limiter(UNLIMITED)
         self._session: aiohttp.ClientSession | None = None
+        self._lean_client: LeanClient | None = None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = make_session(self._settings, f"bucket-mirror/{__version__}")
+            self._session = make_session(self._settings, USER_AGENT)
         return self._session
+
+    def _lean(self) -> LeanClient:
+        if self._lean_client is None:
+            s = self._settings
+            self._lean_client = LeanClient(USER_AGENT, connect_timeout_s=s.connect_timeout_s,
+                                           read_timeout_s=s.read_timeout_s,
+                                           max_connections=s.max_connections)
+        return self._lean_client
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._lean_client is not None:
+            await self._lean_client.close()
+            self._lean_client = None
 
 
-async def metered_request(session: aiohttp.ClientSession, limiter: Limiter, budget: Budget,
-                          method: str, url: URL, headers: Mapping[str, str],
-                          **kwargs: Any) -> aiohttp.ClientResponse:
+async def metered(limiter: Limiter, budget: Budget, send: Callable[[], Awaitable[A]]) -> A:
     """One request inside the limiter's budget, its status and time recorded, and the
     adaptive rate told of success or push-back (429/503). Returns the response, any status."""
     await limiter.admit(budget)
     started = time.monotonic()
     try:
-        resp = await session.request(method, url, headers=dict(headers), **kwargs)
+        resp = await send()
     except Exception:
         limiter.record(budget, 0, time.monotonic() - started)
         raise
@@ -185,11 +213,12 @@ async def metered_request(session: aiohttp.ClientSession, limiter: Limiter, budg
 
 
 class HttpBody:
-    """A streamed response body; errors while reading are translated like the request's."""
+    """A file's response body (``mirror.sources.lean``), read whole, in pieces, or handed to
+    a disk thread straight from its socket."""
 
     def __init__(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         what: str,
         offset: int,
         total_size: int | None,
@@ -206,60 +235,32 @@ class HttpBody:
         self.md5 = md5
 
     def direct(self) -> DirectBody | None:
-        """Hand the rest of the body over to be read straight from the socket in a thread
-        (``mirror.sources.direct``), or None where it must come through ``chunks``: TLS,
-        no Content-Length, a bandwidth limit to keep, or a body already complete."""
-        resp, content = self._resp, self._resp.content
-        connection = resp.connection
-        if (resp.content_length is None or connection is None or connection.transport is None
-                or connection.protocol is None
-                or (self._limiter is not None and self._limiter.settings.bwlimit_bps > 0)
-                or content.is_eof() or content.exception() is not None):
+        """The rest of the body to be read straight from the socket in a thread, or None
+        where it must come through ``chunks``: TLS, no Content-Length, a bandwidth limit to
+        keep, or a body already complete."""
+        if self._limiter is not None and self._limiter.settings.bwlimit_bps > 0:
             return None
-        transport = connection.transport
-        sock = transport.get_extra_info("socket")
-        if sock is None or transport.get_extra_info("sslcontext") is not None:
-            return None
-        left = resp.content_length - content.total_bytes
-        if left <= 0:
-            return None
-        head = content.read_nowait()  # may resume reading: pause only after it
-        connection.protocol.pause_reading()
-        return DirectBody(os.dup(sock.fileno()), head, left, self._read_timeout_s, self._what,
-                          resp.close)
+        return self._resp.direct(self._read_timeout_s, self._what)
 
     async def chunks(self, size: int) -> AsyncIterator[bytes]:
-        try:
-            while True:
-                # readany: whatever has arrived, without waiting to fill ``size`` and without
-                # an extra copy; the caller batches chunks for the disk.
-                chunk = await self._resp.content.readany()
-                if not chunk:
-                    return
-                if self._limiter is not None:
-                    await self._limiter.received(len(chunk))
-                yield chunk
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise translate(exc, self._what) from exc
+        # Whatever has arrived, without waiting to fill ``size`` and without an extra copy;
+        # the caller batches chunks for the disk.
+        while chunk := await self._resp.readany():
+            if self._limiter is not None:
+                await self._limiter.received(len(chunk))
+            yield chunk
+
+    async def read_all(self) -> bytes:
+        data = await self._resp.read()
+        if self._limiter is not None:
+            await self._limiter.received(len(data))
+        return data
 
     @classmethod
-    def of(cls, resp: aiohttp.ClientResponse, what: str, md5: str | None,
-           limiter: Limiter | None, settings: SourceSettings) -> HttpBody:
+    def of(cls, resp: Response, what: str, md5: str | None, limiter: Limiter | None,
+           settings: SourceSettings) -> HttpBody:
         """The body of a 200 (the whole file) or a 206 (from where Content-Range says)."""
         start, total = 0, resp.content_length
         if resp.status == 206:
             start, total = content_range(resp.headers.get("Content-Range"), what)
         return cls(resp, what, start, total, md5, limiter, settings.read_timeout_s)
-
-    async def read_all(self) -> bytes:
-        try:
-            data = await self._resp.read()
-            if self._limiter is not None:
-                await self._limiter.received(len(data))
-            return data
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise translate(exc, self._what) from exc

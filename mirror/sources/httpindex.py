@@ -39,14 +39,16 @@ from mirror.ratelimit import Budget, Limiter
 from mirror.settings import SourceSettings
 from mirror.sources import Entry, Page
 from mirror.sources.httpclient import (
+    Answer,
     HttpBody,
     HttpSessionOwner,
-    metered_request,
+    metered,
     retry_after_s,
     status_detail,
     transient_for_status,
     with_retries,
 )
+from mirror.sources.lean import Response
 
 MAX_INDEX_BYTES = 256 * 1024 * 1024  # a folder of a few million entries; more is an error
 HEAD_CONCURRENCY = 16
@@ -228,15 +230,23 @@ class HttpIndexSource(HttpSessionOwner):
     async def _attempt(self, method: str, url: str, what: str,
                        headers: Mapping[str, str] = {},
                        budget: Budget = "fetch") -> aiohttp.ClientResponse:
-        resp = await metered_request(self._http(), self._limiter, budget, method,
-                                     URL(url, encoded=True), headers, allow_redirects=True,
-                                     max_redirects=5)
+        resp = await metered(self._limiter, budget, lambda: self._http().request(
+            method, URL(url, encoded=True), headers=dict(headers), allow_redirects=True,
+            max_redirects=5))
         if resp.status < 300:
             return resp
         resp.release()
         raise self._fail(resp, what)
 
-    def _fail(self, resp: aiohttp.ClientResponse, what: str) -> MirrorError:
+    async def _get_file(self, url: str, what: str, headers: Mapping[str, str]) -> Response:
+        resp = await metered(self._limiter, "fetch",
+                             lambda: self._lean().get(url, headers, what))
+        if resp.status < 300:
+            return resp
+        resp.close()
+        raise self._fail(resp, what)
+
+    def _fail(self, resp: Answer, what: str) -> MirrorError:
         detail = status_detail(resp)
         text = f"{what}: the server answered {resp.status} {resp.reason or ''}".rstrip()
         transient = transient_for_status(resp.status, text, detail,
@@ -329,7 +339,7 @@ class HttpIndexSource(HttpSessionOwner):
         what = f"GET {path}"
         headers = {"Range": f"bytes={offset}-"} if offset > 0 else {}
         resp = await with_retries(self._settings, what,
-                                  lambda: self._attempt("GET", url, what, headers))
+                                  lambda: self._get_file(url, what, headers))
         try:
             yield HttpBody.of(resp, what, None, self._limiter,
                               self._settings)

@@ -35,14 +35,16 @@ from mirror.ratelimit import Budget, Limiter
 from mirror.settings import DEFAULT_UPYUN_ENDPOINT, SourceSettings
 from mirror.sources import Entry, Page
 from mirror.sources.httpclient import (
+    Answer,
     HttpBody,
     HttpSessionOwner,
-    metered_request,
+    metered,
     retry_after_s,
     status_detail,
     transient_for_status,
     with_retries,
 )
+from mirror.sources.lean import Response
 
 LIST_END = "g2gCZAAEbmV4dGQAA2VvZg"  # base64 of the Erlang term {next, eof}
 MAX_LIST_LIMIT = 10000
@@ -103,12 +105,11 @@ class UpyunSource(HttpSessionOwner):
         auth = sign(self._operator, self._password_md5, method, uri, date)
         return {"Date": date, "Authorization": auth, **extra}
 
-    async def _fail(self, resp: aiohttp.ClientResponse, what: str) -> MirrorError:
-        """Translate an error response (after reading its envelope) into our tree."""
+    def _fail(self, resp: Answer, what: str, raw: bytes) -> MirrorError:
+        """Translate an error response (with the start of its envelope) into our tree."""
         code = resp.headers.get("X-Error-Code")
         msg = resp.reason or ""
-        if resp.method != "HEAD":
-            raw = await resp.content.read(_ERROR_BODY_MAX)
+        if raw:
             try:
                 body = json.loads(raw)
                 if isinstance(body, dict):
@@ -140,15 +141,31 @@ class UpyunSource(HttpSessionOwner):
                        extra: Mapping[str, str] = {},
                        budget: Budget = "fetch") -> aiohttp.ClientResponse:
         """One signed try (a fresh Date each time); returns an open, successful response."""
-        resp = await metered_request(self._http(), self._limiter, budget, method,
-                                     URL(self._endpoint + uri, encoded=True),
-                                     self._headers(method, uri, extra), allow_redirects=False)
+        resp = await metered(self._limiter, budget, lambda: self._http().request(
+            method, URL(self._endpoint + uri, encoded=True),
+            headers=self._headers(method, uri, extra), allow_redirects=False))
         if resp.status < 300:
             return resp
         try:
-            raise await self._fail(resp, what)
+            raw = b"" if method == "HEAD" else await resp.content.read(_ERROR_BODY_MAX)
+            raise self._fail(resp, what, raw)
         finally:
             resp.release()
+
+    async def _get_file(self, uri: str, what: str, extra: Mapping[str, str]) -> Response:
+        """One signed GET of a file's body (``mirror.sources.lean``)."""
+        resp = await metered(self._limiter, "fetch", lambda: self._lean().get(
+            self._endpoint + uri, self._headers("GET", uri, extra), what,
+            follow_redirects=False))
+        if resp.status < 300:
+            return resp
+        try:
+            raw = await resp.read(_ERROR_BODY_MAX)
+        except MirrorError:
+            raw = b""  # the status tells enough
+        finally:
+            resp.close()
+        raise self._fail(resp, what, raw)
 
     async def list_page(self, path: str, cursor: str | None) -> Page:
         key = self._key(path)
@@ -199,7 +216,7 @@ class UpyunSource(HttpSessionOwner):
         if offset > 0:
             extra["Range"] = f"bytes={offset}-"
         resp = await with_retries(
-            self._settings, what, lambda: self._attempt("GET", uri, what, extra)
+            self._settings, what, lambda: self._get_file(uri, what, extra)
         )
         try:
             yield HttpBody.of(resp, what, _md5_of(resp.headers), self._limiter,

@@ -1,0 +1,259 @@
+"""The lean HTTP/1.1 client (mirror/sources/lean.py) against real servers on loopback: aiohttp's
+web server for well-behaved answers, and scripted raw servers for what real servers and
+networks also do (idle keep-alives closed, HTTP/1.0 bodies, garbage, stalls, cut bodies)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from mirror.errors import ProtocolError, SourceUnavailable, Stalled
+from mirror.sources.lean import LeanClient, split_url
+from tests.test_httpindex import serving
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def client(limit: int = 8, read_timeout_s: float = 5.0) -> LeanClient:
+    return LeanClient("test", connect_timeout_s=2.0, read_timeout_s=read_timeout_s,
+                      max_connections=limit)
+
+
+@contextlib.asynccontextmanager
+async def raw_server(script: Script) -> AsyncIterator[tuple[int, list[int]]]:
+    """A TCP server running ``script`` per connection; yields its port and a list that
+    gets one entry per accepted connection."""
+    accepted: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(len(accepted))
+        try:
+            await script(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], accepted
+    finally:
+        server.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+async def get_body(c: LeanClient, url: str, **kw: object) -> tuple[int, bytes]:
+    resp = await c.get(url, {}, f"GET {url}", **kw)  # type: ignore[arg-type]
+    try:
+        return resp.status, await resp.read()
+    finally:
+        resp.release()
+
+
+async def test_keeps_connections_alive_and_reads_bodies_whole() -> None:
+    peers: set[object] = set()
+    data = os.urandom(300_000)
+
+    async def handle(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        peers.add(request.transport.get_extra_info("peername"))
+        assert request.headers["Accept-Encoding"] == "identity"
+        if request.path == "/missing":
+            return web.Response(status=404, text="nope")
+        return web.Response(body=data)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    async with serving(app) as port:
+        c = client()
+        try:
+            for _ in range(20):
+                assert await get_body(c, f"http://127.0.0.1:{port}/f") == (200, data)
+            assert await get_body(c, f"http://127.0.0.1:{port}/missing") == (404, b"nope")
+            assert await get_body(c, f"http://127.0.0.1:{port}/f") == (200, data)
+        finally:
+            await c.close()
+    assert len(peers) == 1  # 22 requests, one connection
+
+
+async def test_a_keep_alive_ended_by_the_server_is_replaced_without_an_error() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await read_request(reader)  # the next request on this connection finds it ending
+
+    async with raw_server(script) as (port, accepted):
+        c = client()
+        try:
+            for _ in range(4):  # each later one is sent on a connection that then ends
+                assert await get_body(c, f"http://127.0.0.1:{port}/") == (200, b"ok")
+        finally:
+            await c.close()
+    assert len(accepted) == 4
+
+
+async def test_connection_close_http10_chunked_and_informational_answers() -> None:
+    answers = [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\none",
+        b"HTTP/1.0 200 OK\r\n\r\nuntil the line closes",  # no length: ends with the line
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4\r\nchun\r\n3\r\nked\r\n0\r\n\r\n",
+    ]
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(answers.pop(0))
+            await writer.drain()
+            if len(answers) < 2:
+                return  # the first two answers end their connection
+
+    async with raw_server(script) as (port, accepted):
+        c = client()
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            assert await get_body(c, url) == (200, b"one")
+            assert await get_body(c, url) == (200, b"until the line closes")
+            assert await get_body(c, url) == (200, b"chunked")
+        finally:
+            await c.close()
+    assert len(accepted) == 3  # neither closing answer's connection was reused
+
+
+async def test_redirects_are_followed_within_a_limit() -> None:
+    async def handle(request: web.Request) -> web.Response:
+        if request.path == "/old":
+            raise web.HTTPFound("new%20name")  # relative, already encoded
+        if request.path == "/loop":
+            raise web.HTTPFound("/loop")
+        return web.Response(text=f"at {request.path}")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    async with serving(app) as port:
+        c = client()
+        try:
+            base = f"http://127.0.0.1:{port}"
+            assert await get_body(c, f"{base}/old") == (200, b"at /new name")
+            status, _ = await get_body(c, f"{base}/old", follow_redirects=False)
+            assert status == 302
+            with pytest.raises(ProtocolError, match="redirects"):
+                await c.get(f"{base}/loop", {}, "GET loop")
+        finally:
+            await c.close()
+
+
+async def test_failures_become_source_errors() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await read_request(reader)
+        if b"/garbage" in request:
+            writer.write(b"SMTP ready\r\n\r\n")
+        elif b"/cut" in request:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 400)
+        elif b"/silent" in request:
+            await asyncio.sleep(3)
+        elif b"/trickle" in request:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nxx")
+            await writer.drain()
+            await asyncio.sleep(3)
+        await writer.drain()
+
+    async with raw_server(script) as (port, _):
+        c = client(read_timeout_s=0.5)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            with pytest.raises(SourceUnavailable, match="malformed HTTP response"):
+                await get_body(c, f"{base}/garbage")
+            with pytest.raises(SourceUnavailable, match="cut short"):
+                await get_body(c, f"{base}/cut")
+            with pytest.raises(Stalled, match="read timeout"):
+                await get_body(c, f"{base}/silent")
+            with pytest.raises(Stalled, match="read timeout"):
+                await get_body(c, f"{base}/trickle")
+        finally:
+            await c.close()
+    with pytest.raises(SourceUnavailable, match="cannot connect"):
+        await get_body(client(), f"http://127.0.0.1:{port}/")  # the server is gone
+    with pytest.raises(ProtocolError, match="line break"):
+        await client().get(f"{base}/", {"Range": "bytes=0-\r\nX-Evil: 1"}, "GET /")
+
+
+async def test_connections_are_limited_and_a_cancel_gives_the_slot_back() -> None:
+    busy = 0
+    most = 0
+    release = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal busy, most
+        while True:
+            request = await read_request(reader)
+            busy += 1
+            most = max(most, busy)
+            if b"/hold" in request:
+                await release.wait()
+            await asyncio.sleep(0.02)
+            busy -= 1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with raw_server(script) as (port, _):
+        c = client(limit=2)
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            results = await asyncio.gather(*(get_body(c, url) for _ in range(10)))
+            assert results == [(200, b"ok")] * 10
+            assert most == 2
+            held = asyncio.ensure_future(get_body(c, url + "hold"))
+            await asyncio.sleep(0.1)
+            held.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await held
+            release.set()
+            assert await asyncio.wait_for(asyncio.gather(get_body(c, url), get_body(c, url)),
+                                          5) == [(200, b"ok")] * 2
+        finally:
+            await c.close()
+
+
+async def test_a_large_body_streams_with_flow_control() -> None:
+    data = os.urandom(12 << 20)
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=data)
+
+    app = web.Application()
+    app.router.add_get("/", handle)
+    async with serving(app) as port:
+        c = client()
+        try:
+            resp = await c.get(f"http://127.0.0.1:{port}/", {}, "GET /")
+            parts = []
+            while chunk := await resp.readany():
+                parts.append(chunk)
+                await asyncio.sleep(0.01)  # a slow disk: the buffer must not grow unbounded
+                assert resp._buffered <= 4 << 20
+            resp.release()
+            assert b"".join(parts) == data
+        finally:
+            await c.close()
+
+
+def test_urls_split_into_origin_and_target() -> None:
+    origin, target = split_url("http://Example.org:8080/a%20b/c?x=1")
+    assert (origin.host, origin.port, origin.tls, target) == ("example.org", 8080, False,
+                                                               "/a%20b/c?x=1")
+    assert origin.host_header() == "example.org:8080"
+    origin, target = split_url("https://h/raw name/é")
+    assert origin.port == 443 and origin.host_header() == "h"
+    assert target == "/raw%20name/%C3%A9"
+    with pytest.raises(ProtocolError):
+        split_url("ftp://h/x")
