@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from mirror.broker import Broker, Delivery, Handler, Topology
 from mirror.errors import MirrorError
@@ -97,8 +97,11 @@ class FileDelivery:
             self._done(True)
 
 
-def split_batches(handler: Handler, broker: Broker, job_name: str) -> Handler:
-    """Wrap a per-file handler so that batch deliveries reach it file by file.
+def split_batches(handler: Handler, broker: Broker, job_name: str,
+                  whole: Callable[[list[FileDelivery]], Awaitable[None]] | None = None
+                  ) -> Handler:
+    """Wrap a per-file handler so that batch deliveries reach it file by file (or, given
+    ``whole``, reach that all at once).
 
     The handler marks a file's ``outcome`` instead of sending its event; the batch sends one
     event per kind for all its files, confirmed before the batch is acked.
@@ -111,7 +114,11 @@ def split_batches(handler: Handler, broker: Broker, job_name: str) -> Handler:
             return
         parts = [FileDelivery(delivery, job, broker) for job in batch.files]
         try:
-            await asyncio.gather(*(handler(part) for part in parts), return_exceptions=True)
+            if whole is not None:
+                await whole(parts)
+            else:
+                await asyncio.gather(*(handler(part) for part in parts),
+                                     return_exceptions=True)
         finally:  # also when cancelled: the batch must be settled either way
             await asyncio.shield(_settle(delivery, parts, broker, job_name))
 

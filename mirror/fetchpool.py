@@ -3,14 +3,18 @@
 A small file costs about a millisecond of CPU in one process, half of it in the kernel
 (sockets, create, rename) and the rest in Python under one GIL; a process cannot go faster
 than one core. Here the worker keeps the queue, the listing, the error policy, stats and
-events, and hands each file job to a child over a pipe (one JSON line each way). The child
-runs the same ``fetch_file`` as the worker would, with its own HTTP session and disk pool, and
-answers the outcome or the error (class, message, detail), which the worker then settles
-exactly as if it had happened in-process: ack, retry, park or stop.
+events, and hands each file job, or each batch message of small files whole, to a child over
+a pipe (one JSON line each way). The child runs the same ``fetch_file`` as the worker would,
+with its own HTTP session and disk pool, and answers the outcome or the error (class,
+message, detail) of every file, which the worker then settles exactly as if it had happened
+in-process: ack, retry, park or stop.
 
-A job always goes to the same child (by a hash of its path), so the in-process guard against
-two deliveries of one file writing at once still holds. A child that dies fails its jobs as
-transient errors (they are retried) and is started again for the next job.
+A job always goes to the same child (by a hash of its path; a batch by its first file's), so
+the in-process guard against two deliveries of one file writing at once still holds for a job
+or batch delivered twice; a file that two different messages carry at once (a page listed
+twice) meets the part file's lock (``Busy``, retried), as between processes anyway. A child
+that dies fails its jobs as transient errors (they are retried) and is started again for the
+next job.
 """
 
 from __future__ import annotations
@@ -133,7 +137,8 @@ class _Child:
                         f"fetch process {self.index} exited (code {code}) during the job"))
             self._pending.clear()
 
-    async def fetch(self, job: FetchJob) -> dict[str, Any]:
+    async def ask(self, request: bytes) -> dict[str, Any]:
+        """Send one request (JSON fields after the id) and wait for its answer."""
         await self._ensure()
         assert self._lines is not None
         lines = self._lines
@@ -142,7 +147,7 @@ class _Child:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[ident] = future
         try:
-            await lines.send(b'{"id":%d,"job":%s}\n' % (ident, encode_job(job)))
+            await lines.send(b'{"id":%d,%s}\n' % (ident, request))
             return await future
         except (ConnectionError, BrokenPipeError) as exc:
             raise SourceUnavailable(f"fetch process {self.index} is gone: {exc}") from exc
@@ -193,13 +198,39 @@ class FetchPool:
         child = self._children[zlib.crc32(job.path.encode()) % len(self._children)]
         self._stats.inflight += 1  # jobs in the children (a skip counts while it is checked)
         try:
-            reply = await child.fetch(job)
+            reply = await child.ask(b'"job":%s' % encode_job(job))
         finally:
             self._stats.inflight -= 1
+        self._count_bytes(child, reply)
+        return self._outcome(job, reply)
+
+    async def fetch_many(self, jobs: list[FetchJob]) -> list[Outcome | BaseException]:
+        """Several files in one request to one child (by the first file's path, so that a
+        batch delivered again goes where it went before); one outcome or error per file."""
+        child = self._children[zlib.crc32(jobs[0].path.encode()) % len(self._children)]
+        self._stats.inflight += len(jobs)
+        try:
+            reply = await child.ask(b'"jobs":[%s]' % b",".join(encode_job(j) for j in jobs))
+        finally:
+            self._stats.inflight -= len(jobs)
+        self._count_bytes(child, reply)
+        if "error" in reply:
+            raise _error_from(reply)
+        results: list[Outcome | BaseException] = []
+        for job, one in zip(jobs, reply["results"], strict=True):
+            try:
+                results.append(self._outcome(job, one))
+            except MirrorError as exc:
+                results.append(exc)
+        return results
+
+    def _count_bytes(self, child: _Child, reply: Mapping[str, Any]) -> None:
         if "transferred" in reply:
             total = int(reply["transferred"])
             self._stats.transferred += max(0, total - child.transferred)
             child.transferred = max(child.transferred, total)
+
+    def _outcome(self, job: FetchJob, reply: Mapping[str, Any]) -> Outcome:
         if "error" in reply:
             raise _error_from(reply)
         outcome: Outcome = reply["outcome"]
@@ -237,25 +268,35 @@ async def _child_main() -> None:
                                                         sys.stdout)
     out = _Lines(asyncio.StreamWriter(transport, protocol, None, loop))
     tasks: set[asyncio.Task[None]] = set()
+    slots = asyncio.Semaphore(worker.concurrency)
 
-    async def handle(ident: int, job: FetchJob) -> None:
-        started = time.monotonic()
+    async def one(job: FetchJob) -> dict[str, Any]:
         reply: dict[str, Any]
-        try:
-            reply = {"outcome": await fetch_file(job, ctx)}
-        except Exception as exc:
-            reply = _reply_for(exc)
-        reply.update(id=ident, seconds=round(time.monotonic() - started, 6),
-                     transferred=stats.transferred)
+        async with slots:  # a batch holds more files than this process's share of slots
+            started = time.monotonic()
+            try:
+                reply = {"outcome": await fetch_file(job, ctx)}
+            except Exception as exc:
+                reply = _reply_for(exc)
+            reply["seconds"] = round(time.monotonic() - started, 6)
+        return reply
+
+    async def handle(ident: int, request: dict[str, Any]) -> None:
+        reply: dict[str, Any]
+        if "jobs" in request:
+            jobs = [job_from_dict(j) for j in request["jobs"]]
+            reply = {"results": await asyncio.gather(*(
+                one(j) if isinstance(j, FetchJob) else _unexpected(j) for j in jobs))}
+        else:
+            job = job_from_dict(request["job"])
+            reply = await (one(job) if isinstance(job, FetchJob) else _unexpected(job))
+        reply.update(id=ident, transferred=stats.transferred)
         await out.send(json.dumps(reply).encode() + b"\n")
 
     try:
         while line := await reader.readline():
             request = json.loads(line)
-            job = job_from_dict(request["job"])
-            if not isinstance(job, FetchJob):
-                continue
-            task = asyncio.create_task(handle(int(request["id"]), job))
+            task = asyncio.create_task(handle(int(request["id"]), request))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
@@ -263,6 +304,10 @@ async def _child_main() -> None:
     finally:
         await source.close()
         pool.shutdown(wait=True)
+
+
+async def _unexpected(job: object) -> dict[str, Any]:
+    return _reply_for(TypeError(f"a fetch process got a {type(job).__name__}"))
 
 
 def main() -> None:

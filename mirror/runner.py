@@ -169,7 +169,8 @@ async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placeme
         pool = FetchPool(options.processes, spec, source_settings, options.worker, placement,
                          options.rates, stats)
     worker = Worker(broker, spec, source, placement, options.worker, stats, limiter,
-                    fetcher=pool.fetch if pool is not None else None)
+                    fetcher=pool.fetch if pool is not None else None,
+                    batch_fetcher=pool.fetch_many if pool is not None else None)
     try:
         return await _exported(broker, spec, worker, stats, placement, options)
     finally:

@@ -33,13 +33,16 @@ from mirror.sources import Source
 from mirror.stats import Stats
 
 log = logging.getLogger(__name__)
+# Fetches many files at once; one outcome or error per file, in order.
+BatchFetcher = Callable[[list[FetchJob]], Awaitable[list[Outcome | BaseException]]]
 
 
 class Worker:
     def __init__(self, broker: Broker, spec: JobSpec, source: Source, placement: Placement,
                  settings: WorkerSettings, stats: Stats | None = None,
                  limiter: Limiter | None = None,
-                 fetcher: Callable[[FetchJob], Awaitable[Outcome]] | None = None) -> None:
+                 fetcher: Callable[[FetchJob], Awaitable[Outcome]] | None = None,
+                 batch_fetcher: BatchFetcher | None = None) -> None:
         self.broker = broker
         self.spec = spec
         self.topology = Topology(spec)
@@ -52,6 +55,11 @@ class Worker:
         # Where files are fetched: here, or in child processes (mirror.fetchpool).
         self._fetch: Callable[[FetchJob], Awaitable[Outcome]] = (
             fetcher or (lambda job: fetch_file(job, self.ctx)))
+        # Child processes take a batch message whole (one request and one answer for all
+        # its files); each file's outcome is then settled here as if fetched one by one.
+        self._fetch_batch = batch_fetcher
+        self._batch_slots = asyncio.Semaphore(
+            max(2, -(-2 * settings.concurrency // max(1, settings.batch_files))))
         self._held = 0
         self._listing = 0  # listing pages now (those may still publish more work)
         self._taken = 0
@@ -109,7 +117,8 @@ class Worker:
             for queue in self.queues:
                 prefetch = (self.settings.list_concurrency if queue == self.topology.list_queue
                             else self.settings.concurrency)
-                handler = split_batches(self._deliver, self.broker, self.spec.name)
+                handler = split_batches(self._deliver, self.broker, self.spec.name,
+                                        self._deliver_files if self._fetch_batch else None)
                 self._consumers.append(await self.broker.consume(queue, prefetch, handler))
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -179,13 +188,47 @@ class Worker:
             if task is not None:
                 self._handlers.discard(task)
 
+    async def _deliver_files(self, parts: list[FileDelivery]) -> None:
+        """The files of one batch message, fetched as one request to the fetch processes."""
+        assert self._fetch_batch is not None
+        if self._stopping:
+            for part in parts:
+                await part.release()
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        self._held += len(parts)
+        self._taken += len(parts)
+        try:
+            try:
+                async with self._batch_slots:
+                    results = await self._fetch_batch([p.job for p in parts])
+            except asyncio.CancelledError:
+                for part in parts:
+                    await asyncio.shield(self._settle(part.release()))
+                raise
+            except Exception as exc:  # the request itself failed: every file shares it
+                results = [exc] * len(parts)
+            for part, result in zip(parts, results, strict=True):
+                if isinstance(result, BaseException):
+                    await self._settle_error(part, result)
+                else:
+                    await self._settle_done(part, result)
+        finally:
+            self._held -= len(parts)
+            if not self._held:
+                self._wake.set()
+            if task is not None:
+                self._handlers.discard(task)
+
     async def _process(self, delivery: Delivery) -> None:
         job = delivery.job
         try:
             if isinstance(job, ListJob):
                 self._listing += 1
                 try:
-                    await list_dir(job, self.ctx)
+                    outcome = await list_dir(job, self.ctx)
                 finally:
                     self._listing -= 1
             else:
@@ -193,32 +236,47 @@ class Worker:
                     raise TypeError(f"unexpected {type(job).__name__} in the file handler")
                 async with self._fetch_slots:
                     outcome = await self._fetch(job)
-                if outcome in ("fetched", "skipped") and self.settings.file_events:
-                    if isinstance(delivery, FileDelivery):
-                        delivery.outcome = outcome  # told with its batch, before its ack
-                    else:
-                        # Confirmed before the ack: at least once, never lost.
-                        await self.broker.publish_event(file_event(outcome, self.spec.name,
-                                                                   job))
         except asyncio.CancelledError:
             await asyncio.shield(self._settle(delivery.release()))
             raise
+        except Exception as exc:
+            await self._settle_error(delivery, exc)
+        else:
+            await self._settle_done(delivery, outcome)
+
+    async def _settle_done(self, delivery: Delivery, outcome: Outcome) -> None:
+        try:
+            job = delivery.job
+            if (outcome in ("fetched", "skipped") and self.settings.file_events
+                    and isinstance(job, FetchJob)):
+                if isinstance(delivery, FileDelivery):
+                    delivery.outcome = outcome  # told with its batch, before its ack
+                else:
+                    # Confirmed before the ack: at least once, never lost.
+                    await self.broker.publish_event(file_event(outcome, self.spec.name, job))
         except BrokerError as exc:
+            await self._settle_error(delivery, exc)
+            return
+        await self._settle(delivery.ack())
+
+    async def _settle_error(self, delivery: Delivery, exc: BaseException) -> None:
+        """The error policy: give back, retry, park, or stop."""
+        job = delivery.job
+        if isinstance(exc, BrokerError):
             log.warning("%s: %s; giving the job back", job.path or "/", exc)
             await self._settle(delivery.release())
-        except TransientError as exc:
+        elif isinstance(exc, TransientError):
             await self._retry_or_park(delivery, exc)
-        except PermanentError as exc:
+        elif isinstance(exc, PermanentError):
             await self._park(delivery, exc, delivery.attempts + 1)
-        except FatalError as exc:
+        elif isinstance(exc, FatalError):
             self.fatal = self.fatal or exc
             await self._settle(delivery.release())
             self.request_stop(f"fatal: {exc}")
-        except Exception as exc:  # a bug: keep the job, retry it, park it in the end
-            log.exception("internal error on %s", job.path or "/")
+        else:  # a bug: keep the job, retry it, park it in the end
+            log.error("internal error on %s", job.path or "/",
+                      exc_info=(type(exc), exc, exc.__traceback__))
             await self._retry_or_park(delivery, exc)
-        else:
-            await self._settle(delivery.ack())
 
     async def _retry_or_park(self, delivery: Delivery, exc: BaseException) -> None:
         attempts = delivery.attempts + 1

@@ -10,6 +10,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from mirror.broker import ParkedJob
 from mirror.jobs import JobSpec
 from mirror.parking import journal_path, read_journal
@@ -29,7 +31,7 @@ def make_bucket(root: Path) -> dict[str, bytes]:
     return files
 
 
-async def mirror(root: Path, tmp: Path, setup: Callable[[FakeUpyun], None]
+async def mirror(root: Path, tmp: Path, setup: Callable[[FakeUpyun], None], processes: int = 1
                  ) -> tuple[Outcome, list[ParkedJob], Path]:
     dest, state = tmp / "dest", tmp / "state"
     async with FakeUpyun(root, bucket=BUCKET, operator=OPERATOR, password=PASSWORD) as fake:
@@ -39,7 +41,8 @@ async def mirror(root: Path, tmp: Path, setup: Callable[[FakeUpyun], None]
         settings = SourceSettings(endpoint=fake.url, env=CREDENTIALS, request_retries=0,
                                   list_limit=100)
         worker = WorkerSettings(concurrency=4, resume_retries=0)
-        outcome = await run_job(spec, dest, None, settings, WorkOptions(worker), state)
+        outcome = await run_job(spec, dest, None, settings,
+                                WorkOptions(worker, processes=processes), state)
     return outcome, read_journal(journal_path(state, "hostile")), dest
 
 
@@ -141,7 +144,10 @@ async def test_listing_whose_iter_never_ends(tmp_path: Path) -> None:
     assert files_under(dest) == {**files, "loop/same.txt": b"abc"}  # page 1 was good
 
 
-async def test_bodies_shorter_longer_or_corrupt(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_bodies_shorter_longer_or_corrupt(tmp_path: Path, processes: int) -> None:
+    """With 2 processes the small files go to a fetch process as one batch, and each file's
+    error comes back to be retried and parked on its own."""
     files = make_bucket(tmp_path / "b")
     for name in ("short.bin", "long.bin", "corrupt.bin"):
         (tmp_path / "b" / name).write_bytes(os.urandom(2000))
@@ -159,7 +165,7 @@ async def test_bodies_shorter_longer_or_corrupt(tmp_path: Path) -> None:
         fake.body_override.update({"short.bin": short, "long.bin": long,
                                    "corrupt.bin": corrupt})
 
-    outcome, parked, dest = await mirror(tmp_path / "b", tmp_path, setup)
+    outcome, parked, dest = await mirror(tmp_path / "b", tmp_path, setup, processes)
     why = reasons(parked)
     assert set(why) == {"short.bin", "long.bin", "corrupt.bin"}, why
     assert "cut short" in why["short.bin"]
