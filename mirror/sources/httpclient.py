@@ -12,9 +12,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Protocol, TypeVar
-
-import aiohttp
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from mirror import __version__
 from mirror.errors import (
@@ -31,6 +29,10 @@ from mirror.settings import SourceSettings
 from mirror.sources.direct import DirectBody
 from mirror.sources.lean import LeanClient, Response
 
+if TYPE_CHECKING:  # aiohttp is imported where used: fetch processes never need it (0.13 s)
+    import aiohttp
+    from yarl import URL
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -40,6 +42,8 @@ MAX_INLINE_WAIT_S = 30.0
 
 
 def make_session(settings: SourceSettings, user_agent: str) -> aiohttp.ClientSession:
+    import aiohttp
+
     timeout = aiohttp.ClientTimeout(
         total=None,
         connect=settings.connect_timeout_s,
@@ -60,10 +64,19 @@ def make_session(settings: SourceSettings, user_agent: str) -> aiohttp.ClientSes
     )
 
 
+def encoded_url(url: str) -> URL:
+    """An aiohttp URL of an already-encoded string."""
+    from yarl import URL
+
+    return URL(url, encoded=True)
+
+
 def translate(exc: BaseException, what: str) -> MirrorError:
     """Map an aiohttp/asyncio failure during ``what`` (e.g. "GET a/b.jpg") to our tree."""
     if isinstance(exc, MirrorError):
         return exc
+    import aiohttp
+
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return Stalled(f"{what}: no data from the source within the read timeout")
     if isinstance(exc, aiohttp.ClientPayloadError):

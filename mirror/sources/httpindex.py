@@ -19,11 +19,8 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
-
-import aiohttp
-from yarl import URL
 
 from mirror.errors import (
     AccessDenied,
@@ -42,6 +39,7 @@ from mirror.sources.httpclient import (
     Answer,
     HttpBody,
     HttpSessionOwner,
+    encoded_url,
     metered,
     retry_after_s,
     status_detail,
@@ -49,6 +47,9 @@ from mirror.sources.httpclient import (
     with_retries,
 )
 from mirror.sources.lean import Response
+
+if TYPE_CHECKING:  # imported where used: fetch processes never need aiohttp
+    import aiohttp
 
 MAX_INDEX_BYTES = 256 * 1024 * 1024  # a folder of a few million entries; more is an error
 HEAD_CONCURRENCY = 16
@@ -231,7 +232,7 @@ class HttpIndexSource(HttpSessionOwner):
                        headers: Mapping[str, str] = {},
                        budget: Budget = "fetch") -> aiohttp.ClientResponse:
         resp = await metered(self._limiter, budget, lambda: self._http().request(
-            method, URL(url, encoded=True), headers=dict(headers), allow_redirects=True,
+            method, encoded_url(url), headers=dict(headers), allow_redirects=True,
             max_redirects=5))
         if resp.status < 300:
             return resp

@@ -16,11 +16,8 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from email.utils import formatdate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
-
-import aiohttp
-from yarl import URL
 
 from mirror.errors import (
     AccessDenied,
@@ -38,6 +35,7 @@ from mirror.sources.httpclient import (
     Answer,
     HttpBody,
     HttpSessionOwner,
+    encoded_url,
     metered,
     retry_after_s,
     status_detail,
@@ -45,6 +43,9 @@ from mirror.sources.httpclient import (
     with_retries,
 )
 from mirror.sources.lean import Response
+
+if TYPE_CHECKING:  # imported where used: fetch processes never need aiohttp
+    import aiohttp
 
 LIST_END = "g2gCZAAEbmV4dGQAA2VvZg"  # base64 of the Erlang term {next, eof}
 MAX_LIST_LIMIT = 10000
@@ -142,7 +143,7 @@ class UpyunSource(HttpSessionOwner):
                        budget: Budget = "fetch") -> aiohttp.ClientResponse:
         """One signed try (a fresh Date each time); returns an open, successful response."""
         resp = await metered(self._limiter, budget, lambda: self._http().request(
-            method, URL(self._endpoint + uri, encoded=True),
+            method, encoded_url(self._endpoint + uri),
             headers=self._headers(method, uri, extra), allow_redirects=False))
         if resp.status < 300:
             return resp
