@@ -25,6 +25,7 @@ from mirror.broker import Broker, Topology
 
 log = logging.getLogger(__name__)
 
+NUDGE_INTERVAL_S = 0.1  # out-of-beat reports, at most this often
 Snapshot = Callable[[], tuple[int, int]]  # (jobs held now, jobs taken since start)
 
 
@@ -37,7 +38,8 @@ class _Heard:
 class Presence:
     def __init__(self, broker: Broker, role: str, queues: list[str], snapshot: Snapshot,
                  interval_s: float = 1.0, on_stop: Callable[[str], None] | None = None,
-                 counts: Callable[[], dict[str, int]] | None = None) -> None:
+                 counts: Callable[[], dict[str, int]] | None = None,
+                 on_idle_peer: Callable[[], None] | None = None) -> None:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._broker = broker
         self._role = role
@@ -46,6 +48,8 @@ class Presence:
         self._interval = interval_s
         self._on_stop = on_stop
         self._counts = counts
+        self._on_idle_peer = on_idle_peer
+        self._nudged = 0.0
         self._peers: dict[str, _Heard] = {}
         self._task: asyncio.Task[None] | None = None
         self._replies: set[asyncio.Task[None]] = set()
@@ -94,14 +98,35 @@ class Presence:
         kind = msg.get("type")
         if kind == "presence" and isinstance(msg.get("worker"), str):
             if msg["worker"] != self.worker_id:
+                old = self._peers.get(msg["worker"])
                 self._peers[msg["worker"]] = _Heard(time.monotonic(), msg)
                 self._heard.set()
+                if (self._on_idle_peer is not None and not msg.get("held")
+                        and (old is None or old.report.get("held"))):
+                    self._on_idle_peer()  # a peer just ran out of work: the job may be done
         elif kind == "ping" and msg.get("from") != self.worker_id:
             task = asyncio.create_task(self.announce())
             self._replies.add(task)
             task.add_done_callback(self._replies.discard)
         elif kind == "stop" and self._on_stop is not None:
             self._on_stop(str(msg.get("reason") or "stop requested"))
+
+    def nudge(self) -> None:
+        """Report now, between beats (this worker just ran out of work): whoever waits for
+        the job to be done hears it at once instead of at the next beat."""
+        now = time.monotonic()
+        if now - self._nudged < NUDGE_INTERVAL_S or self._task is None:
+            return
+        self._nudged = now
+        task = asyncio.create_task(self._announce_quietly())
+        self._replies.add(task)
+        task.add_done_callback(self._replies.discard)
+
+    async def _announce_quietly(self) -> None:
+        try:
+            await self.announce()
+        except Exception as exc:  # the next beat tells it anyway
+            log.debug("presence report not sent: %s", exc)
 
     def peers(self, since: float | None = None) -> dict[str, dict[str, Any]]:
         """Live peers (not this worker), optionally only those heard after ``since``."""

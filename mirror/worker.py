@@ -74,7 +74,7 @@ class Worker:
         self._fetch_slots = asyncio.Semaphore(settings.concurrency)
         self.presence = Presence(broker, settings.role, self.queues, self.snapshot,
                                  settings.presence_interval_s, on_stop=self.request_stop,
-                                 counts=self.counts)
+                                 counts=self.counts, on_idle_peer=self._wake.set)
 
     @property
     def queues(self) -> list[str]:
@@ -185,6 +185,7 @@ class Worker:
             self._held -= 1
             if not self._held:
                 self._wake.set()
+                self.presence.nudge()
             if task is not None:
                 self._handlers.discard(task)
 
@@ -219,6 +220,7 @@ class Worker:
             self._held -= len(parts)
             if not self._held:
                 self._wake.set()
+                self.presence.nudge()
             if task is not None:
                 self._handlers.discard(task)
 
