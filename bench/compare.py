@@ -190,42 +190,53 @@ def main() -> int:  # noqa: PLR0915  (one linear script)
 
     counter = 0
 
-    def run_set(nginx: Nginx, name: str, src: Path) -> None:
+    def run_set(nginx: Nginx, name: str, src: Path) -> None:  # noqa: PLR0915
         url = f"{nginx.url}{src.name}/"
         files, size = tree_size(src)
 
+        settings: list[tuple[str, Callable[[Path, Path], list[list[str]]], bool]] = []
+
         def record(label: str, commands: Callable[[Path, Path], list[list[str]]],
-                   mtimes: bool = True, src: Path = src, files: int = files,
-                   size: int = size, name: str = name) -> None:
+                   mtimes: bool = True) -> None:
+            if args.only in label:
+                settings.append((label, commands, mtimes))
+
+        def run_one(label: str, commands: Callable[[Path, Path], list[list[str]]],
+                    mtimes: bool) -> Result:
             nonlocal counter
-            if args.only not in label:
-                return
-            runs: list[Result] = []
+            # A fresh destination per run, all deleted at the end: deleting a tree right
+            # before a run makes ext4 hunt for inodes not recently deleted, which would
+            # slow whichever run comes next.
+            counter += 1
+            dest, state = work / f"run-{counter}", work / f"state-{counter}"
+            cmds = commands(dest, state)
+            os.sync()  # earlier runs' dirty pages must not slow this one down
+            print(f"[{name}] {label} ...", flush=True)
+            wall, cpu, rss, codes = run_procs(cmds, env, log)
+            problem = "" if all(c == 0 for c in codes) else f"exit codes {codes}"
+            problem = problem or verify(src, dest, mtimes)
+            print(f"    {wall:.1f} s, {files / wall:.0f} files/s, "
+                  f"{size / 1e6 / wall:.1f} MB/s, CPU {cpu:.1f} s, peak RSS "
+                  f"{max(rss):.0f} MB {'OK' if not problem else 'FAILED: ' + problem}",
+                  flush=True)
+            return Result(name, label, wall, files, size, cpu, rss, not problem, problem)
+
+        def run_settings() -> None:
+            # Round by round, every setting once per round: the machine drifts during a
+            # run (the file system fills, the host's load moves), and the drift then falls
+            # on every tool alike instead of on whichever runs last.
+            runs: dict[str, list[Result]] = {label: [] for label, _, _ in settings}
             for _ in range(args.repeat):
-                # A fresh destination per run, all deleted at the end: deleting a tree right
-                # before a run makes ext4 hunt for inodes not recently deleted, which would
-                # slow whichever run comes next.
-                counter += 1
-                dest, state = work / f"run-{counter}", work / f"state-{counter}"
-                cmds = commands(dest, state)
-                os.sync()  # earlier runs' dirty pages must not slow this one down
-                print(f"[{name}] {label} ...", flush=True)
-                wall, cpu, rss, codes = run_procs(cmds, env, log)
-                problem = "" if all(c == 0 for c in codes) else f"exit codes {codes}"
-                problem = problem or verify(src, dest, mtimes)
-                runs.append(Result(name, label, wall, files, size, cpu, rss, not problem,
-                                   problem))
-                print(f"    {wall:.1f} s, {files / wall:.0f} files/s, "
-                      f"{size / 1e6 / wall:.1f} MB/s, CPU {cpu:.1f} s, peak RSS "
-                      f"{max(rss):.0f} MB {'OK' if not problem else 'FAILED: ' + problem}",
-                      flush=True)
-            # The median run stands for the setting; the spread of walls goes with it.
-            runs.sort(key=lambda r: r.wall_s)
-            middle = runs[len(runs) // 2]
-            middle.walls = [r.wall_s for r in runs]
-            middle.ok = all(r.ok for r in runs)
-            middle.note = "; ".join(r.note for r in runs if r.note)
-            results.append(middle)
+                for label, commands, mtimes in settings:
+                    runs[label].append(run_one(label, commands, mtimes))
+            for of_setting in runs.values():
+                # The median run stands for the setting; the spread of walls goes with it.
+                done = sorted(of_setting, key=lambda r: r.wall_s)
+                middle = done[len(done) // 2]
+                middle.walls = [r.wall_s for r in done]
+                middle.ok = all(r.ok for r in done)
+                middle.note = "; ".join(r.note for r in done if r.note)
+                results.append(middle)
 
         for procs, conc, fsync in ((1, 32, False), (2, 64, False), (2, 64, True)):
             record(f"bucket-mirror embedded --processes {procs} --concurrency {conc} "
@@ -287,6 +298,7 @@ def main() -> int:  # noqa: PLR0915  (one linear script)
                          "--file-allocation=none", "--console-log-level=error"]]
 
             record("aria2c -i (URL list given) -j 32", aria2_cmd, mtimes=False)
+        run_settings()
 
     def run_all(nginx: Nginx) -> None:
         for name, src in data.items():

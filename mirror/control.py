@@ -145,7 +145,10 @@ class Presence:
         deadline = mark + timeout_s
         while True:
             fresh = self.peers(since=mark)
-            if wanted <= set(fresh):
+            # A peer that stopped meanwhile (its report says so) answers no more: its held
+            # jobs went back to the queues, which the caller looks at again. Waiting for it
+            # held the end of a job up by the whole timeout.
+            if wanted & set(self.peers()) <= set(fresh):
                 return fresh
             left = deadline - time.monotonic()
             if left <= 0:

@@ -1,0 +1,41 @@
+"""Presence reports between the workers of a job (mirror/control.py), over the in-memory
+broker: a worker that runs out of work tells the others at once, not at its next beat."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mirror.broker.memory import MemoryBroker
+from mirror.control import Presence
+
+
+async def test_a_worker_out_of_work_is_heard_before_its_next_beat() -> None:
+    broker = MemoryBroker()
+    held = [3]
+    woken: list[float] = []
+    loop = asyncio.get_running_loop()
+    fetcher = Presence(broker, "fetch", ["q"], lambda: (held[0], 10), interval_s=30)
+    lister = Presence(broker, "list", ["l"], lambda: (0, 0), interval_s=30,
+                      on_idle_peer=lambda: woken.append(loop.time()))
+    reports: list[int] = []
+    await broker.subscribe(lambda m: reports.append(m.get("held", -1))
+                           if m.get("worker") == fetcher.worker_id else None)
+    await lister.start()
+    await fetcher.start()
+    try:
+        await asyncio.sleep(0.05)  # the first beats: the fetcher holds 3 jobs
+        assert lister.peers()[fetcher.worker_id]["held"] == 3 and not woken
+        held[0] = 0
+        started = loop.time()
+        fetcher.nudge()
+        await asyncio.sleep(0.05)
+        assert lister.peers()[fetcher.worker_id]["held"] == 0
+        assert woken and woken[0] - started < 0.05  # 30 s before the next beat
+        assert reports == [3, 0]
+        fetcher.nudge()  # again at once: held back (at most one report every 0.1 s)
+        await asyncio.sleep(0.02)
+        assert reports == [3, 0] and len(woken) == 1
+    finally:
+        await fetcher.stop()
+        await lister.stop()
+        await broker.close()
