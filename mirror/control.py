@@ -54,6 +54,8 @@ class Presence:
         self._task: asyncio.Task[None] | None = None
         self._replies: set[asyncio.Task[None]] = set()
         self._heard = asyncio.Event()
+        self._stopped = False
+        self._gone: set[str] = set()  # peers that said "stopped": later reports are stale
         self.state = "running"  # "stopping" once the worker drains
 
     @property
@@ -70,10 +72,18 @@ class Presence:
         self._task = asyncio.create_task(self._beat())
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        # Reports still on their way must not follow "stopped" (a peer would take this worker
+        # for alive again and wait for it until its reports grow stale): they are let finish,
+        # not cancelled, since a publish cancelled half-way closes its channel.
+        if self._replies:
+            _, late = await asyncio.wait(set(self._replies), timeout=5)
+            for task in late:
+                task.cancel()
         with contextlib.suppress(Exception):
             await self.announce("stopped")
 
@@ -97,14 +107,16 @@ class Presence:
     def _on_message(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         if kind == "presence" and isinstance(msg.get("worker"), str):
-            if msg["worker"] != self.worker_id:
+            if msg["worker"] != self.worker_id and msg["worker"] not in self._gone:
+                if msg.get("state") == "stopped":
+                    self._gone.add(msg["worker"])
                 old = self._peers.get(msg["worker"])
                 self._peers[msg["worker"]] = _Heard(time.monotonic(), msg)
                 self._heard.set()
                 if (self._on_idle_peer is not None and not msg.get("held")
                         and (old is None or old.report.get("held"))):
                     self._on_idle_peer()  # a peer just ran out of work: the job may be done
-        elif kind == "ping" and msg.get("from") != self.worker_id:
+        elif kind == "ping" and msg.get("from") != self.worker_id and not self._stopped:
             task = asyncio.create_task(self.announce())
             self._replies.add(task)
             task.add_done_callback(self._replies.discard)
@@ -115,7 +127,7 @@ class Presence:
         """Report now, between beats (this worker just ran out of work): whoever waits for
         the job to be done hears it at once instead of at the next beat."""
         now = time.monotonic()
-        if now - self._nudged < NUDGE_INTERVAL_S or self._task is None:
+        if now - self._nudged < NUDGE_INTERVAL_S or self._task is None or self._stopped:
             return
         self._nudged = now
         task = asyncio.create_task(self._announce_quietly())

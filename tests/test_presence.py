@@ -39,3 +39,26 @@ async def test_a_worker_out_of_work_is_heard_before_its_next_beat() -> None:
         await fetcher.stop()
         await lister.stop()
         await broker.close()
+
+
+async def test_a_report_after_stopped_does_not_bring_a_worker_back() -> None:
+    """A report sent before "stopped" may arrive after it (a report between beats still on its
+    way): the peer stays gone instead of holding up the end of the job until it goes stale."""
+    broker = MemoryBroker()
+    listener = Presence(broker, "list", ["l"], lambda: (0, 0), interval_s=30)
+    fetcher = Presence(broker, "fetch", ["q"], lambda: (0, 5), interval_s=30)
+    await listener.start()
+    await fetcher.start()
+    try:
+        await asyncio.sleep(0.05)
+        assert fetcher.worker_id in listener.peers()
+        late = {"type": "presence", "worker": fetcher.worker_id, "role": "fetch",
+                "queues": ["q"], "held": 0, "taken": 5, "state": "running"}
+        await fetcher.stop()
+        assert fetcher.worker_id not in listener.peers()
+        await broker.broadcast(late)
+        assert fetcher.worker_id not in listener.peers()
+        assert await listener.fresh_reports(timeout_s=1) == {}  # nobody left to wait for
+    finally:
+        await listener.stop()
+        await broker.close()
