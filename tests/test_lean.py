@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
+import trustme
 from aiohttp import web
 
 from mirror.errors import ProtocolError, SourceUnavailable, Stalled
@@ -257,3 +260,45 @@ def test_urls_split_into_origin_and_target() -> None:
     assert target == "/raw%20name/%C3%A9"
     with pytest.raises(ProtocolError):
         split_url("ftp://h/x")
+
+
+async def test_https_verifies_the_certificate(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """TLS through the system's trust store (SSL_CERT_FILE here): a certificate the store
+    trusts works, one it does not is refused with a clear error; a TLS body is never handed
+    to a disk thread (the bytes on the socket are encrypted)."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    data = os.urandom(5 << 20)
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=data)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        c = client()
+        try:
+            with pytest.raises(SourceUnavailable, match=r"cannot connect.*certificate"):
+                await get_body(c, f"https://127.0.0.1:{port}/x")
+        finally:
+            await c.close()
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        c = client()
+        try:
+            resp = await c.get(f"https://127.0.0.1:{port}/x", {}, "GET x")
+            assert resp.direct(5.0, "GET x") is None
+            assert await resp.read() == data
+            resp.release()
+            assert await get_body(c, f"https://127.0.0.1:{port}/y") == (200, data)
+        finally:
+            await c.close()
+    finally:
+        await runner.cleanup()
