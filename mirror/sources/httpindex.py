@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from email.message import Message
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,6 @@ from mirror.errors import (
     NotFound,
     PermanentError,
     ProtocolError,
-    SourceUnavailable,
 )
 from mirror.ratelimit import Budget, Limiter
 from mirror.settings import SourceSettings
@@ -125,6 +125,16 @@ def _http_date(value: Any) -> float | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def _content_type(value: str | None) -> tuple[str, str | None]:
+    """The media type (lower case) and charset of a Content-Type header."""
+    if not value:
+        return "", None
+    message = Message()
+    message["Content-Type"] = value
+    charset = message.get_param("charset")
+    return message.get_content_type(), charset if isinstance(charset, str) else None
 
 
 def child_name(href: str, folder_url: str) -> tuple[str, bool] | None:
@@ -239,8 +249,9 @@ class HttpIndexSource(HttpSessionOwner):
         resp.release()
         raise self._fail(resp, what)
 
-    async def _get_file(self, url: str, what: str, headers: Mapping[str, str]) -> Response:
-        resp = await metered(self._limiter, "fetch",
+    async def _get(self, url: str, what: str, headers: Mapping[str, str],
+                   budget: Budget = "fetch") -> Response:
+        resp = await metered(self._limiter, budget,
                              lambda: self._lean().get(url, headers, what))
         if resp.status < 300:
             return resp
@@ -267,26 +278,21 @@ class HttpIndexSource(HttpSessionOwner):
         what = f"list {path or '/'}"
 
         async def fetch() -> tuple[bytes, str, str | None, str]:
-            resp = await self._attempt("GET", url, what, {
+            # On the lean client too: a run against nginx then never loads aiohttp (0.13 s
+            # of every start), which only HEADs need.
+            resp = await self._get(url, what, {
                 "Accept": "application/json;q=1.0, text/html;q=0.9"}, "list")
             try:
-                if resp.content_length is not None and resp.content_length > MAX_INDEX_BYTES:
-                    raise ProtocolError(f"{what}: the index page is over "
+                too_big = ProtocolError(f"{what}: the index page is over "
                                         f"{MAX_INDEX_BYTES >> 20} MB")
-                # read(n) returns what has arrived so far, not n bytes: read to the end.
-                parts: list[bytes] = []
-                size = 0
-                while chunk := await resp.content.read(1 << 20):
-                    parts.append(chunk)
-                    size += len(chunk)
-                    if size > MAX_INDEX_BYTES:
-                        raise ProtocolError(f"{what}: the index page is over "
-                                            f"{MAX_INDEX_BYTES >> 20} MB")
-                raw = b"".join(parts)
-                if resp.content_length is not None and len(raw) != resp.content_length:
-                    raise SourceUnavailable(f"{what}: the index page was cut short "
-                                            f"({len(raw)} of {resp.content_length} bytes)")
-                return raw, resp.content_type, resp.charset, str(resp.url)
+                if resp.content_length is not None and resp.content_length > MAX_INDEX_BYTES:
+                    raise too_big
+                # The whole body (a line that drops before it is complete raises "cut short").
+                raw = await resp.read(MAX_INDEX_BYTES + 1)
+                if len(raw) > MAX_INDEX_BYTES:
+                    raise too_big
+                ctype, charset = _content_type(resp.headers.get("Content-Type"))
+                return raw, ctype, charset, resp.url
             finally:
                 resp.release()
 
@@ -340,7 +346,7 @@ class HttpIndexSource(HttpSessionOwner):
         what = f"GET {path}"
         headers = {"Range": f"bytes={offset}-"} if offset > 0 else {}
         resp = await with_retries(self._settings, what,
-                                  lambda: self._get_file(url, what, headers))
+                                  lambda: self._get(url, what, headers))
         try:
             yield HttpBody.of(resp, what, None, self._limiter,
                               self._settings)
