@@ -1,6 +1,6 @@
-"""What every HTTP-based source shares: an aiohttp session (listing, HEAD) and a lean client
-(file bodies, ``mirror.sources.lean``) with timeouts, quick retries, translation of aiohttp's
-exceptions into ``mirror.errors``, and a streamed ``Body``.
+"""What every HTTP-based source shares: an aiohttp session (HEAD, UpYun's listing) and a lean
+client (file bodies and index pages, ``mirror.sources.lean``) with timeouts, quick retries,
+translation of aiohttp's exceptions into ``mirror.errors``, and a streamed ``Body``.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ A = TypeVar("A", bound=Answer)
 
 class HttpSessionOwner:
     """What an HTTP source keeps: its settings, its limiter, one lazily opened aiohttp session
-    (listing, HEAD) and one lean client (file bodies)."""
+    (HEAD, UpYun's listing) and one lean client (file bodies, index pages)."""
 
     def __init__(self, settings: SourceSettings, limiter: Limiter | None) -> None:
         self._settings = settings
