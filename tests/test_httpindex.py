@@ -7,6 +7,7 @@ import asyncio
 import calendar
 import contextlib
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,11 +26,12 @@ from tests.test_cli import mirror_cmd
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[int]:
-    """Serve ``app`` on a free loopback port for the duration of the block."""
+async def serving(app: web.Application,
+                  ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+    """Serve ``app`` on a free loopback port (over TLS, given a context) for the block."""
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     try:
         yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

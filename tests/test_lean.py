@@ -22,9 +22,24 @@ from tests.test_httpindex import serving
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-def client(limit: int = 8, read_timeout_s: float = 5.0) -> LeanClient:
-    return LeanClient("test", connect_timeout_s=2.0, read_timeout_s=read_timeout_s,
-                      max_connections=limit)
+@contextlib.asynccontextmanager
+async def lean(limit: int = 8, read_timeout_s: float = 5.0) -> AsyncIterator[LeanClient]:
+    c = LeanClient("test", connect_timeout_s=2.0, read_timeout_s=read_timeout_s,
+                   max_connections=limit)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@contextlib.asynccontextmanager
+async def web_app(handle: Callable[[web.Request], Awaitable[web.Response]],
+                  ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    """``handle`` answering every GET on loopback (aiohttp's server); yields the base URL."""
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    async with serving(app, ssl_context) as port:
+        yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
 
 
 @contextlib.asynccontextmanager
@@ -73,17 +88,11 @@ async def test_keeps_connections_alive_and_reads_bodies_whole() -> None:
             return web.Response(status=404, text="nope")
         return web.Response(body=data)
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handle)
-    async with serving(app) as port:
-        c = client()
-        try:
-            for _ in range(20):
-                assert await get_body(c, f"http://127.0.0.1:{port}/f") == (200, data)
-            assert await get_body(c, f"http://127.0.0.1:{port}/missing") == (404, b"nope")
-            assert await get_body(c, f"http://127.0.0.1:{port}/f") == (200, data)
-        finally:
-            await c.close()
+    async with web_app(handle) as base, lean() as c:
+        for _ in range(20):
+            assert await get_body(c, f"{base}/f") == (200, data)
+        assert await get_body(c, f"{base}/missing") == (404, b"nope")
+        assert await get_body(c, f"{base}/f") == (200, data)
     assert len(peers) == 1  # 22 requests, one connection
 
 
@@ -94,13 +103,9 @@ async def test_a_keep_alive_ended_by_the_server_is_replaced_without_an_error() -
         await writer.drain()
         await read_request(reader)  # the next request on this connection finds it ending
 
-    async with raw_server(script) as (port, accepted):
-        c = client()
-        try:
-            for _ in range(4):  # each later one is sent on a connection that then ends
-                assert await get_body(c, f"http://127.0.0.1:{port}/") == (200, b"ok")
-        finally:
-            await c.close()
+    async with raw_server(script) as (port, accepted), lean() as c:
+        for _ in range(4):  # each later one is sent on a connection that then ends
+            assert await get_body(c, f"http://127.0.0.1:{port}/") == (200, b"ok")
     assert len(accepted) == 4
 
 
@@ -120,15 +125,11 @@ async def test_connection_close_http10_chunked_and_informational_answers() -> No
             if len(answers) < 2:
                 return  # the first two answers end their connection
 
-    async with raw_server(script) as (port, accepted):
-        c = client()
-        try:
-            url = f"http://127.0.0.1:{port}/"
-            assert await get_body(c, url) == (200, b"one")
-            assert await get_body(c, url) == (200, b"until the line closes")
-            assert await get_body(c, url) == (200, b"chunked")
-        finally:
-            await c.close()
+    async with raw_server(script) as (port, accepted), lean() as c:
+        url = f"http://127.0.0.1:{port}/"
+        assert await get_body(c, url) == (200, b"one")
+        assert await get_body(c, url) == (200, b"until the line closes")
+        assert await get_body(c, url) == (200, b"chunked")
     assert len(accepted) == 3  # neither closing answer's connection was reused
 
 
@@ -140,19 +141,12 @@ async def test_redirects_are_followed_within_a_limit() -> None:
             raise web.HTTPFound("/loop")
         return web.Response(text=f"at {request.path}")
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handle)
-    async with serving(app) as port:
-        c = client()
-        try:
-            base = f"http://127.0.0.1:{port}"
-            assert await get_body(c, f"{base}/old") == (200, b"at /new name")
-            status, _ = await get_body(c, f"{base}/old", follow_redirects=False)
-            assert status == 302
-            with pytest.raises(ProtocolError, match="redirects"):
-                await c.get(f"{base}/loop", {}, "GET loop")
-        finally:
-            await c.close()
+    async with web_app(handle) as base, lean() as c:
+        assert await get_body(c, f"{base}/old") == (200, b"at /new name")
+        status, _ = await get_body(c, f"{base}/old", follow_redirects=False)
+        assert status == 302
+        with pytest.raises(ProtocolError, match="redirects"):
+            await c.get(f"{base}/loop", {}, "GET loop")
 
 
 async def test_failures_become_source_errors() -> None:
@@ -170,24 +164,21 @@ async def test_failures_become_source_errors() -> None:
             await asyncio.sleep(3)
         await writer.drain()
 
-    async with raw_server(script) as (port, _):
-        c = client(read_timeout_s=0.5)
+    async with raw_server(script) as (port, _), lean(read_timeout_s=0.5) as c:
         base = f"http://127.0.0.1:{port}"
-        try:
-            with pytest.raises(SourceUnavailable, match="malformed HTTP response"):
-                await get_body(c, f"{base}/garbage")
-            with pytest.raises(SourceUnavailable, match="cut short"):
-                await get_body(c, f"{base}/cut")
-            with pytest.raises(Stalled, match="read timeout"):
-                await get_body(c, f"{base}/silent")
-            with pytest.raises(Stalled, match="read timeout"):
-                await get_body(c, f"{base}/trickle")
-        finally:
-            await c.close()
-    with pytest.raises(SourceUnavailable, match="cannot connect"):
-        await get_body(client(), f"http://127.0.0.1:{port}/")  # the server is gone
-    with pytest.raises(ProtocolError, match="line break"):
-        await client().get(f"{base}/", {"Range": "bytes=0-\r\nX-Evil: 1"}, "GET /")
+        with pytest.raises(SourceUnavailable, match="malformed HTTP response"):
+            await get_body(c, f"{base}/garbage")
+        with pytest.raises(SourceUnavailable, match="cut short"):
+            await get_body(c, f"{base}/cut")
+        with pytest.raises(Stalled, match="read timeout"):
+            await get_body(c, f"{base}/silent")
+        with pytest.raises(Stalled, match="read timeout"):
+            await get_body(c, f"{base}/trickle")
+    async with lean() as c:
+        with pytest.raises(SourceUnavailable, match="cannot connect"):
+            await get_body(c, f"{base}/")  # the server is gone
+        with pytest.raises(ProtocolError, match="line break"):
+            await c.get(f"{base}/", {"Range": "bytes=0-\r\nX-Evil: 1"}, "GET /")
 
 
 async def test_connections_are_limited_and_a_cancel_gives_the_slot_back() -> None:
@@ -208,23 +199,19 @@ async def test_connections_are_limited_and_a_cancel_gives_the_slot_back() -> Non
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             await writer.drain()
 
-    async with raw_server(script) as (port, _):
-        c = client(limit=2)
+    async with raw_server(script) as (port, _), lean(limit=2) as c:
         url = f"http://127.0.0.1:{port}/"
-        try:
-            results = await asyncio.gather(*(get_body(c, url) for _ in range(10)))
-            assert results == [(200, b"ok")] * 10
-            assert most == 2
-            held = asyncio.ensure_future(get_body(c, url + "hold"))
-            await asyncio.sleep(0.1)
-            held.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await held
-            release.set()
-            assert await asyncio.wait_for(asyncio.gather(get_body(c, url), get_body(c, url)),
-                                          5) == [(200, b"ok")] * 2
-        finally:
-            await c.close()
+        results = await asyncio.gather(*(get_body(c, url) for _ in range(10)))
+        assert results == [(200, b"ok")] * 10
+        assert most == 2
+        held = asyncio.ensure_future(get_body(c, url + "hold"))
+        await asyncio.sleep(0.1)
+        held.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await held
+        release.set()
+        assert await asyncio.wait_for(asyncio.gather(get_body(c, url), get_body(c, url)),
+                                      5) == [(200, b"ok")] * 2
 
 
 async def test_a_large_body_streams_with_flow_control() -> None:
@@ -233,21 +220,15 @@ async def test_a_large_body_streams_with_flow_control() -> None:
     async def handle(request: web.Request) -> web.Response:
         return web.Response(body=data)
 
-    app = web.Application()
-    app.router.add_get("/", handle)
-    async with serving(app) as port:
-        c = client()
-        try:
-            resp = await c.get(f"http://127.0.0.1:{port}/", {}, "GET /")
-            parts = []
-            while chunk := await resp.readany():
-                parts.append(chunk)
-                await asyncio.sleep(0.01)  # a slow disk: the buffer must not grow unbounded
-                assert len(chunk) <= 1 << 20
-            resp.release()
-            assert b"".join(parts) == data
-        finally:
-            await c.close()
+    async with web_app(handle) as base, lean() as c:
+        resp = await c.get(f"{base}/", {}, "GET /")
+        parts = []
+        while chunk := await resp.readany():
+            parts.append(chunk)
+            await asyncio.sleep(0.01)  # a slow disk: the buffer must not grow unbounded
+            assert len(chunk) <= 1 << 20
+        resp.release()
+        assert b"".join(parts) == data
 
 
 def test_urls_split_into_origin_and_target() -> None:
@@ -275,30 +256,15 @@ async def test_https_verifies_the_certificate(tmp_path: Path,
     async def handle(request: web.Request) -> web.Response:
         return web.Response(body=data)
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        c = client()
-        try:
+    async with web_app(handle, server_ctx) as base:
+        async with lean() as c:
             with pytest.raises(SourceUnavailable, match=r"cannot connect.*certificate"):
-                await get_body(c, f"https://127.0.0.1:{port}/x")
-        finally:
-            await c.close()
+                await get_body(c, f"{base}/x")
         ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
         monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
-        c = client()
-        try:
-            resp = await c.get(f"https://127.0.0.1:{port}/x", {}, "GET x")
+        async with lean() as c:  # a new client loads the trust store again
+            resp = await c.get(f"{base}/x", {}, "GET x")
             assert resp.direct(5.0, "GET x") is None
             assert await resp.read() == data
             resp.release()
-            assert await get_body(c, f"https://127.0.0.1:{port}/y") == (200, data)
-        finally:
-            await c.close()
-    finally:
-        await runner.cleanup()
+            assert await get_body(c, f"{base}/y") == (200, data)
