@@ -74,7 +74,7 @@ async def management_depths(base_url: str, vhost: str, job: str,
     url = (f"{root.rstrip('/')}/api/queues/{quote(vhost, safe='')}"
            f"?page=1&page_size=500&use_regex=true&name={quote('^' + job.replace('.', '[.]'))}"
            "&columns=name,messages_ready,messages_unacknowledged,consumers")
-    import aiohttp  # here: every command imports this module, few of them need aiohttp
+    import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(timeout=timeout) as session, \
@@ -90,12 +90,6 @@ async def management_depths(base_url: str, vhost: str, job: str,
                               int(q.get("consumers") or 0))
         for q in items if isinstance(q, dict) and str(q.get("name", "")).startswith(job + ".")
     }
-
-
-def _client_error() -> type[Exception]:
-    import aiohttp
-
-    return aiohttp.ClientError
 
 
 class Reports:
@@ -132,11 +126,13 @@ async def take(broker: Broker, topology: Topology, reports: Reports, *, broker_u
     via, note = "amqp", ""
     depths: dict[str, QueueDepth] | None = None
     if management != "":
+        import aiohttp  # only here and in management_depths: most commands never need it
+
         try:
             depths = await management_depths(management or management_url(broker_url),
                                              vhost_of(broker_url), topology.job)
             via = "management"
-        except (OSError, TimeoutError, ValueError, _client_error()) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             note = f"management API not reachable ({type(exc).__name__}); depths via AMQP"
     if depths is None:
         depths = await broker.depths()
