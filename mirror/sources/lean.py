@@ -169,12 +169,12 @@ class Response:
         """Done with the response: a fully read one gives its connection back for reuse."""
         if not self._released:
             self._released = True
-            self._conn.done(self, reuse=self._complete and not self._chunks)
+            self._conn.done(reuse=self._complete and not self._chunks)
 
     def close(self) -> None:
         if not self._released:
             self._released = True
-            self._conn.done(self, reuse=False)
+            self._conn.done(reuse=False)
 
 
 class _Connection(asyncio.Protocol):
@@ -327,7 +327,7 @@ class _Connection(asyncio.Protocol):
             self._paused = True
             self.transport.pause_reading()
 
-    def done(self, response: Response, reuse: bool) -> None:
+    def done(self, reuse: bool) -> None:
         self._busy = False
         self._response = None
         self._stop_timer()
