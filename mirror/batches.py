@@ -1,12 +1,14 @@
-"""Small files travel in batches (one message per page and shard) and are settled one by one.
+"""Small files and sibling folders travel in batches, and are settled one by one.
 
-The lister packs the small files of a listing page into ``FetchBatch`` messages. A worker
-splits each batch delivery into one delivery per file and hands them to its usual handler, so
-the error policy stays per file: a file's ack only counts; its retry or park publishes a
-single-file job (retry tier, parked queue), durable before the batch is acked; a release marks
-the batch. Once every file is settled the batch message is acked, or released when any file
-was released or could not be settled. A released batch comes back whole, and the files
-already written are skipped by the usual "already current" check.
+The lister packs the small files of a listing page into ``FetchBatch`` messages (one per page
+and shard) and the folders it found into ``ListBatch`` messages. A worker splits each batch
+delivery into one delivery per file or folder and hands them to its usual handler, so the
+error policy stays per file and per folder: a part's ack only counts; its retry or park
+publishes a single job (retry tier, parked queue), durable before the batch is acked; a
+release marks the batch. Once every part is settled the batch message is acked, or released
+when any part was released or could not be settled. A released batch comes back whole: the
+files already written are skipped by the usual "already current" check, and folders already
+listed are listed again (their files then skipped the same way).
 """
 
 from __future__ import annotations
@@ -14,21 +16,33 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 from mirror.broker import Broker, Delivery, Handler, Topology
 from mirror.errors import MirrorError
 from mirror.events import files_event
-from mirror.jobs import FetchBatch, FetchJob, Job, Reason
+from mirror.jobs import FetchBatch, FetchJob, Job, ListBatch, ListJob, Reason
 
 log = logging.getLogger(__name__)
+# Folders to list per message. A folder's page is one request, so a batch is held for a few
+# requests' time; a handful of batches still spreads a wide folder over several listers.
+LIST_BATCH = 16
+P = TypeVar("P", FetchJob, ListJob)
 
 
 def pack(jobs: Sequence[Job], topology: Topology, max_files: int, max_bytes: int,
-         small_max: int) -> list[Job]:
-    """The jobs of one listing page, small files grouped by queue into batches."""
-    if max_files <= 1:
-        return list(jobs)
+         small_max: int, max_folders: int = LIST_BATCH) -> list[Job]:
+    """The jobs of one listing page: small files grouped by queue into batches, folders to
+    list grouped too."""
     out: list[Job] = []
+    folders = [j for j in jobs if isinstance(j, ListJob)]
+    if max_folders > 1 and len(folders) > 1:
+        for i in range(0, len(folders), max_folders):
+            some = folders[i:i + max_folders]
+            out.append(some[0] if len(some) == 1 else ListBatch(tuple(some)))
+        jobs = [j for j in jobs if not isinstance(j, ListJob)]
+    if max_files <= 1:
+        return out + list(jobs)
     open_batches: dict[str, tuple[list[FetchJob], int]] = {}
 
     def close(queue: str) -> None:
@@ -51,12 +65,12 @@ def pack(jobs: Sequence[Job], topology: Topology, max_files: int, max_bytes: int
     return out
 
 
-class FileDelivery:
-    """One file of a batch delivery, settled on its own."""
+class PartDelivery(Generic[P]):
+    """One file or folder of a batch delivery, settled on its own."""
 
-    def __init__(self, whole: Delivery, job: FetchJob, broker: Broker) -> None:
+    def __init__(self, whole: Delivery, job: P, broker: Broker) -> None:
         self._broker = broker
-        self.job = job
+        self.job: P = job
         self.queue = whole.queue
         self.attempts = whole.attempts
         self.redelivered = whole.redelivered
@@ -97,11 +111,15 @@ class FileDelivery:
             self._done(True)
 
 
+class FileDelivery(PartDelivery[FetchJob]):
+    """One file of a batch delivery."""
+
+
 def split_batches(handler: Handler, broker: Broker, job_name: str,
                   whole: Callable[[list[FileDelivery]], Awaitable[None]] | None = None
                   ) -> Handler:
-    """Wrap a per-file handler so that batch deliveries reach it file by file (or, given
-    ``whole``, reach that all at once).
+    """Wrap a per-job handler so that batch deliveries reach it file by file or folder by
+    folder (or, given ``whole``, the files of a batch reach that all at once).
 
     The handler marks a file's ``outcome`` instead of sending its event; the batch sends one
     event per kind for all its files, confirmed before the batch is acked.
@@ -109,13 +127,18 @@ def split_batches(handler: Handler, broker: Broker, job_name: str,
 
     async def handle(delivery: Delivery) -> None:
         batch = delivery.job
-        if not isinstance(batch, FetchBatch):
+        files: list[FileDelivery] = []
+        parts: Sequence[PartDelivery[FetchJob] | PartDelivery[ListJob]]
+        if isinstance(batch, FetchBatch):
+            parts = files = [FileDelivery(delivery, job, broker) for job in batch.files]
+        elif isinstance(batch, ListBatch):
+            parts = [PartDelivery(delivery, job, broker) for job in batch.folders]
+        else:
             await handler(delivery)
             return
-        parts = [FileDelivery(delivery, job, broker) for job in batch.files]
         try:
-            if whole is not None:
-                await whole(parts)
+            if whole is not None and files:
+                await whole(files)
             else:
                 await asyncio.gather(*(handler(part) for part in parts),
                                      return_exceptions=True)
@@ -125,11 +148,12 @@ def split_batches(handler: Handler, broker: Broker, job_name: str,
     return handle
 
 
-async def _settle(delivery: Delivery, parts: list[FileDelivery], broker: Broker,
-                  job_name: str) -> None:
+async def _settle(delivery: Delivery,
+                  parts: Sequence[PartDelivery[FetchJob] | PartDelivery[ListJob]],
+                  broker: Broker, job_name: str) -> None:
     done: dict[str, list[FetchJob]] = {}
     for part in parts:
-        if part.outcome is not None:
+        if part.outcome is not None and isinstance(part.job, FetchJob):
             done.setdefault(part.outcome, []).append(part.job)
     release = any(p.released or not p.settled for p in parts)
     try:
@@ -147,4 +171,4 @@ async def _settle(delivery: Delivery, parts: list[FileDelivery], broker: Broker,
         log.warning("could not settle a batch (%s); the broker will deliver it again", exc)
 
 
-__all__ = ["FileDelivery", "pack", "split_batches"]
+__all__ = ["FileDelivery", "PartDelivery", "pack", "split_batches"]

@@ -11,7 +11,16 @@ from mirror.batches import FileDelivery, pack, split_batches
 from mirror.broker import Broker, Delivery, Topology
 from mirror.errors import ErrorDetail, NotFound, ProtocolError
 from mirror.events import each_file
-from mirror.jobs import FetchBatch, FetchJob, JobSpec, ListJob, Reason, decode_job, encode_job
+from mirror.jobs import (
+    FetchBatch,
+    FetchJob,
+    JobSpec,
+    ListBatch,
+    ListJob,
+    Reason,
+    decode_job,
+    encode_job,
+)
 from tests.test_broker_contract import Factory, brokers, collect, spec_of, wait_depth
 
 __all__ = ["brokers"]  # the fixture, shared with the broker contract
@@ -38,12 +47,28 @@ def test_pack_groups_small_files_by_queue_within_limits() -> None:
     assert pack(jobs, topology, max_files=1, max_bytes=25, small_max=1000) == jobs
 
 
+def test_pack_groups_folders_to_list() -> None:
+    topology = Topology(JobSpec(name="p", source="upyun://b/"))
+    folders = [ListJob(f"d{i}") for i in range(7)]
+    files = [FetchJob("f", size=1), FetchJob("g", size=1)]
+    out = pack([*folders, *files], topology, max_files=1, max_bytes=25, small_max=10,
+               max_folders=3)
+    assert out == [ListBatch(tuple(folders[:3])), ListBatch(tuple(folders[3:6])), folders[6],
+                   *files]
+    assert {topology.queue_for(j) for j in out[:3]} == {topology.list_queue}
+    assert pack(folders, topology, 32, 25, 10, max_folders=1) == folders
+
+
 def test_batch_messages_round_trip_and_bad_ones_are_refused() -> None:
     batch = FetchBatch((FetchJob("a/x", 3, 1.5, "e"), FetchJob("a/\udcff y", 0)))
     assert decode_job(encode_job(batch)) == batch
+    lists = ListBatch((ListJob("a"), ListJob("b", "cursor", 2, 0, "b/z")))
+    assert decode_job(encode_job(lists)) == lists
     for bad in (b'{"v":1,"t":"batch","files":[]}', b'{"v":1,"t":"batch","files":[1]}',
                 b'{"v":1,"t":"batch","files":[{"path":"a"}],"x":1}',
-                b'{"v":1,"t":"batch","files":[{"nope":"a"}]}'):
+                b'{"v":1,"t":"batch","files":[{"nope":"a"}]}',
+                b'{"v":1,"t":"lists","files":[{"path":"a"}]}',
+                b'{"v":1,"t":"lists","folders":[{"path":"a","size":1}]}'):
         with pytest.raises(ProtocolError):
             decode_job(bad)
 
@@ -112,6 +137,37 @@ async def test_a_released_file_brings_its_whole_batch_back(brokers: Factory,
     assert sorted(seen) == sorted([(f.path, False) for f in files] +
                                   [(f.path, True) for f in files])
     await wait_depth(b, t.fetch_queue(0), 0)
+
+
+async def test_each_folder_of_a_list_batch_is_settled_on_its_own(brokers: Factory,
+                                                                 job_name: str) -> None:
+    b = await brokers()
+    spec = spec_of(job_name)
+    await b.declare(spec)
+    t = Topology(spec)
+    folders = tuple(ListJob(f"d{i}") for i in range(4))
+    await b.publish([ListBatch(folders)])
+    seen: list[str] = []
+
+    async def per_folder(d: Delivery) -> None:
+        seen.append(d.job.path)
+        if d.job.path == "d1":
+            await d.retry(0.3)  # this folder alone is listed again
+        elif d.job.path == "d2":
+            await d.park(Reason.from_error(ProtocolError("bad page", ErrorDetail()), 1))
+        else:
+            await d.ack()
+
+    [whole] = await collect(b, t.list_queue, 1, split_batches(per_folder, b, job_name))
+    assert isinstance(whole.job, ListBatch) and sorted(seen) == ["d0", "d1", "d2", "d3"]
+
+    async def ack(d: Delivery) -> None:
+        await d.ack()
+
+    [again] = await collect(b, t.list_queue, 1, ack)
+    assert again.job == folders[1] and again.attempts == 1
+    await wait_depth(b, t.parked_queue, 1)
+    await wait_depth(b, t.list_queue, 0)
 
 
 def test_status_counts_queued_files_not_messages() -> None:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mirror.jobs import FetchBatch, FetchJob, Job, JobSpec, Reason, shard_of
+from mirror.jobs import FetchBatch, FetchJob, Job, JobSpec, ListBatch, Reason, shard_of
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class Topology:
         return [*self.work_queues, *self.retry_queues]
 
     def queue_for(self, job: Job) -> str:
+        if isinstance(job, ListBatch):
+            return self.list_queue
         if isinstance(job, FetchBatch):
             job = job.files[0]  # the lister batches files of one shard only
         if isinstance(job, FetchJob):
