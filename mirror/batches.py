@@ -14,12 +14,13 @@ listed are listed again (their files then skipped the same way).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from mirror.broker import Broker, Delivery, Handler, Topology
-from mirror.errors import MirrorError
+from mirror.errors import BrokerError, MirrorError
 from mirror.events import files_event
 from mirror.jobs import FetchBatch, FetchJob, Job, ListBatch, ListJob, Reason
 
@@ -121,9 +122,12 @@ def split_batches(handler: Handler, broker: Broker, job_name: str,
     """Wrap a per-job handler so that batch deliveries reach it file by file or folder by
     folder (or, given ``whole``, the files of a batch reach that all at once).
 
-    The handler marks a file's ``outcome`` instead of sending its event; the batch sends one
-    event per kind for all its files, confirmed before the batch is acked.
+    The handler marks a file's ``outcome`` instead of sending its event; the batch's files are
+    told in one event per kind (shared with batches settled at about the same time, see
+    ``EventOutbox``), confirmed before the batch is acked.
     """
+
+    events = EventOutbox(broker, job_name)
 
     async def handle(delivery: Delivery) -> None:
         batch = delivery.job
@@ -143,14 +147,65 @@ def split_batches(handler: Handler, broker: Broker, job_name: str,
                 await asyncio.gather(*(handler(part) for part in parts),
                                      return_exceptions=True)
         finally:  # also when cancelled: the batch must be settled either way
-            await asyncio.shield(_settle(delivery, parts, broker, job_name))
+            await asyncio.shield(_settle(delivery, parts, events))
 
     return handle
 
 
+class EventOutbox:
+    """The file events of batches settled close together, sent as one event per kind.
+
+    A confirmed publish costs a fetcher about 0.3 ms of CPU, and RabbitMQ a share of its
+    own; one per batch message was a tenth of a small-file run's CPU. Files settled within
+    ``window_s`` share one event instead, and every batch waits for the confirm of the event
+    that carries its files before it is acked (at least once, as before).
+    """
+
+    def __init__(self, broker: Broker, job_name: str, window_s: float = 0.02,
+                 max_files: int = 1000) -> None:
+        self._broker = broker
+        self._job_name = job_name
+        self._window_s = window_s
+        self._max_files = max_files
+        self._open: dict[str, tuple[list[FetchJob], asyncio.Future[None]]] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def send(self, kind: str, jobs: Sequence[FetchJob]) -> None:
+        """Return once an event telling of ``jobs`` is confirmed; raise if it failed."""
+        loop = asyncio.get_running_loop()
+        if kind not in self._open:
+            self._open[kind] = ([], loop.create_future())
+            loop.call_later(self._window_s, self._flush, kind)
+        gathered, sent = self._open[kind]
+        gathered.extend(jobs)
+        if len(gathered) >= self._max_files:
+            self._flush(kind)
+        await asyncio.shield(sent)
+
+    def _flush(self, kind: str) -> None:
+        if kind not in self._open:
+            return  # flushed early, when it was full
+        jobs, sent = self._open.pop(kind)
+        task = asyncio.ensure_future(
+            self._broker.publish_event(files_event(kind, self._job_name, jobs)))
+        self._sending.add(task)
+        task.add_done_callback(functools.partial(self._sent, sent))
+
+    def _sent(self, sent: asyncio.Future[None], task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if sent.done():
+            return
+        if task.cancelled():
+            sent.set_exception(BrokerError("sending a batch's events was cancelled"))
+        elif (exc := task.exception()) is not None:
+            sent.set_exception(exc)
+        else:
+            sent.set_result(None)
+
+
 async def _settle(delivery: Delivery,
                   parts: Sequence[PartDelivery[FetchJob] | PartDelivery[ListJob]],
-                  broker: Broker, job_name: str) -> None:
+                  events: EventOutbox) -> None:
     done: dict[str, list[FetchJob]] = {}
     for part in parts:
         if part.outcome is not None and isinstance(part.job, FetchJob):
@@ -158,7 +213,7 @@ async def _settle(delivery: Delivery,
     release = any(p.released or not p.settled for p in parts)
     try:
         for kind, jobs in done.items():
-            await broker.publish_event(files_event(kind, job_name, jobs))
+            await events.send(kind, jobs)
     except MirrorError as exc:
         # Events are confirmed before the ack, or the batch comes back (its files are then
         # skipped and told again as skipped).
@@ -171,4 +226,4 @@ async def _settle(delivery: Delivery,
         log.warning("could not settle a batch (%s); the broker will deliver it again", exc)
 
 
-__all__ = ["FileDelivery", "PartDelivery", "pack", "split_batches"]
+__all__ = ["EventOutbox", "FileDelivery", "PartDelivery", "pack", "split_batches"]

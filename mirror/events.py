@@ -10,7 +10,7 @@ as routing key:
 
 Delivery is at least once: a file's event is confirmed by the broker before its job is acked,
 so a worker that dies in between does the file again (a skip) and sends a second event.
-Consumers key on ``path``. Files that travelled in one batch message are reported together:
+Consumers key on ``path``. Files of batch messages settled together are reported together:
 one event per kind with ``files``, a list of ``{"path", "size"}``, instead of ``path`` and
 ``size`` (``each_file`` spreads it out). A system that must not miss events binds its own
 durable queue to ``J.events`` before it seeds the job; ``mirror watch`` binds a temporary one.

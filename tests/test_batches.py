@@ -9,7 +9,8 @@ import pytest
 
 from mirror.batches import FileDelivery, pack, split_batches
 from mirror.broker import Broker, Delivery, Topology
-from mirror.errors import ErrorDetail, NotFound, ProtocolError
+from mirror.broker.memory import MemoryBroker
+from mirror.errors import BrokerUnavailable, ErrorDetail, NotFound, ProtocolError
 from mirror.events import each_file
 from mirror.jobs import (
     FetchBatch,
@@ -136,6 +137,66 @@ async def test_a_released_file_brings_its_whole_batch_back(brokers: Factory,
     await collect(b, t.fetch_queue(0), 2, split_batches(release_one, b, job_name))
     assert sorted(seen) == sorted([(f.path, False) for f in files] +
                                   [(f.path, True) for f in files])
+    await wait_depth(b, t.fetch_queue(0), 0)
+
+
+async def test_batches_settled_together_share_one_event(brokers: Factory,
+                                                        job_name: str) -> None:
+    b = await brokers()
+    spec = spec_of(job_name)
+    await b.declare(spec)
+    t = Topology(spec)
+    batches = [FetchBatch(tuple(FetchJob(f"d{i}/f{j}", size=j) for j in range(3)))
+               for i in range(2)]
+    await b.publish(batches)
+    events: list[dict[str, Any]] = []
+    await b.subscribe_events(events.append)
+
+    async def fetched(d: Delivery) -> None:
+        assert isinstance(d, FileDelivery)
+        d.outcome = "fetched"
+        await d.ack()
+
+    await collect(b, t.fetch_queue(0), 2, split_batches(fetched, b, job_name), prefetch=2)
+    await wait_depth(b, t.fetch_queue(0), 0)
+    for _ in range(50):
+        if events:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.2)  # a second event, if one were sent, would be here by now
+    [event] = events
+    assert sorted(e["path"] for e in each_file(event)) == sorted(
+        f.path for batch in batches for f in batch.files)
+
+
+async def test_an_event_that_fails_brings_its_batches_back() -> None:
+    class Refusing(MemoryBroker):
+        refused = 0
+
+        async def publish_event(self, event: dict[str, Any]) -> None:
+            if not self.refused:
+                self.refused += 1
+                raise BrokerUnavailable("the broker went away")
+            await super().publish_event(event)
+
+    b = Refusing()
+    spec = spec_of("refusing")
+    await b.declare(spec)
+    t = Topology(spec)
+    await b.publish([FetchBatch((FetchJob("a/x", 1), FetchJob("a/y", 1))),
+                     FetchBatch((FetchJob("b/x", 1), FetchJob("b/y", 1)))])
+    seen: list[tuple[str, bool]] = []
+
+    async def fetched(d: Delivery) -> None:
+        assert isinstance(d, FileDelivery)
+        seen.append((d.job.path, d.redelivered))
+        d.outcome = "fetched"
+        await d.ack()
+
+    await collect(b, t.fetch_queue(0), 4, split_batches(fetched, b, "refusing"), prefetch=2)
+    # both batches shared the event that failed: both came back, and were told the second time
+    assert sorted(seen) == sorted((p, again) for p in ("a/x", "a/y", "b/x", "b/y")
+                                  for again in (False, True))
     await wait_depth(b, t.fetch_queue(0), 0)
 
 
