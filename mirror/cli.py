@@ -10,7 +10,6 @@ import logging
 import os
 import stat
 import sys
-import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +38,8 @@ def credentials(ctx: click.Context) -> dict[str, str]:
 
 def load_config(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """Read the TOML file into click's default_map shape, plus its [credentials] table."""
+    import tomllib  # only with --config: every start paid 4 ms for it
+
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:

@@ -13,13 +13,13 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mirror.broker import Broker, ParkedJob, Topology
 from mirror.broker.memory import MemoryBroker
 from mirror.disk import Disk, Placement
 from mirror.diskpool import disk_pool
 from mirror.errors import ConfigError, FatalError, NotFound
-from mirror.fetchpool import FetchPool
 from mirror.jobs import Job, JobSpec, ListJob
 from mirror.parking import journal_path, write_journal
 from mirror.progress import Progress, summary
@@ -28,6 +28,9 @@ from mirror.settings import SourceSettings, WorkerSettings
 from mirror.sources import Source, open_source
 from mirror.stats import Stats
 from mirror.worker import Worker
+
+if TYPE_CHECKING:
+    from mirror.fetchpool import FetchPool
 
 log = logging.getLogger(__name__)
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -162,10 +165,12 @@ async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placeme
                limiter: Limiter | None = None,
                source_settings: SourceSettings | None = None) -> Outcome:
     stats = stats or Stats()
-    pool = None
+    pool: FetchPool | None = None
     if options.processes > 1 and options.worker.fetches:
         if source_settings is None:
             raise ConfigError("fetch processes need the source settings")
+        from mirror.fetchpool import FetchPool  # with --processes only (start-up time)
+
         pool = FetchPool(options.processes, spec, source_settings, options.worker, placement,
                          options.rates, stats)
     worker = Worker(broker, spec, source, placement, options.worker, stats, limiter,

@@ -233,9 +233,7 @@ async def test_index_arriving_in_pieces_is_read_whole() -> None:
     '<a href="./x"><span class="name">x</span></a><a href="y">y</a> 3\n',
 ])
 def test_quick_link_reading_agrees_with_the_html_parser(page: str) -> None:
-    from mirror.sources.httpindex import _Links, _links
+    from mirror.sources.htmllinks import links
+    from mirror.sources.httpindex import _links
 
-    parser = _Links()
-    parser.feed(page)
-    parser.close()
-    assert _links(page) == parser.links
+    assert _links(page) == links(page)

@@ -11,7 +11,6 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from mirror import __version__
@@ -98,6 +97,8 @@ def retry_after_s(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
+    from email.utils import parsedate_to_datetime  # rare: not paid at every start
+
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
