@@ -129,6 +129,26 @@ def verify(src: Path, dest: Path, mtimes: bool) -> str:
     return "; ".join(problems)
 
 
+def drop_cached(root: Path) -> None:
+    """Let the kernel forget the page cache of a verified output tree.
+
+    Thirty small-file runs kept 13 GB in the page cache of this 24 GB machine, and the
+    large-file runs after them paid for its reclaim (one took 6.7 s instead of 0.5-0.9 s).
+    The tree is written back first; nothing is deleted (a deletion slows the next run).
+    """
+    os.sync()
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            try:
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def rabbit_up(url: str) -> bool:
     parts = urlsplit(url)
     try:
@@ -220,6 +240,8 @@ def main() -> int:  # noqa: PLR0915  (one linear script)
                 # they would fill the page cache (33 GB of runs on a 24 GB machine), so that
                 # later rounds paid for its reclaim.
                 shutil.rmtree(dest, ignore_errors=True)
+            else:
+                drop_cached(dest)
             print(f"    {wall:.1f} s, {files / wall:.0f} files/s, "
                   f"{size / 1e6 / wall:.1f} MB/s, CPU {cpu:.1f} s, peak RSS "
                   f"{max(rss):.0f} MB {'OK' if not problem else 'FAILED: ' + problem}",
