@@ -121,6 +121,9 @@ class _Child:
                 self._reader = asyncio.create_task(self._read(self._proc))
             return self._proc
 
+    async def start(self) -> None:
+        await self._ensure()
+
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         try:
@@ -193,6 +196,11 @@ class FetchPool:
         raw = json.dumps(setup).encode()
         self._children = [_Child(i, raw) for i in range(processes)]
         self._stats = stats
+
+    async def start(self) -> None:
+        """Start the children now: a child's interpreter and imports (about 0.15 s) then run
+        while the worker lists the first pages, instead of after the first batch is ready."""
+        await asyncio.gather(*(c.start() for c in self._children))
 
     async def fetch(self, job: FetchJob) -> Outcome:
         child = self._children[zlib.crc32(job.path.encode()) % len(self._children)]

@@ -177,6 +177,8 @@ async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placeme
                     fetcher=pool.fetch if pool is not None else None,
                     batch_fetcher=pool.fetch_many if pool is not None else None)
     try:
+        if pool is not None:
+            await pool.start()
         return await _exported(broker, spec, worker, stats, placement, options)
     finally:
         if pool is not None:
