@@ -15,6 +15,7 @@ from mirror.events import each_file
 from mirror.jobs import (
     FetchBatch,
     FetchJob,
+    Job,
     JobSpec,
     ListBatch,
     ListJob,
@@ -74,15 +75,27 @@ def test_batch_messages_round_trip_and_bad_ones_are_refused() -> None:
             decode_job(bad)
 
 
+async def declared(b: Broker, job_name: str, jobs: list[Job]) -> Topology:
+    """The job declared on ``b`` with ``jobs`` published to their queues."""
+    spec = spec_of(job_name)
+    await b.declare(spec)
+    await b.publish(jobs)
+    return Topology(spec)
+
+
 async def one_batch(brokers: Factory, job_name: str,
                     n: int) -> tuple[Broker, Topology, tuple[FetchJob, ...]]:
     """A declared job with one batch of ``n`` files published on its fetch queue."""
     b = await brokers()
-    spec = spec_of(job_name)
-    await b.declare(spec)
     files = tuple(FetchJob(f"d/f{i}", size=i) for i in range(n))
-    await b.publish([FetchBatch(files)])
-    return b, Topology(spec), files
+    return b, await declared(b, job_name, [FetchBatch(files)]), files
+
+
+async def first_event(events: list[dict[str, Any]]) -> None:
+    for _ in range(50):
+        if events:
+            return
+        await asyncio.sleep(0.1)
 
 
 async def test_each_file_of_a_batch_is_settled_on_its_own(brokers: Factory,
@@ -112,10 +125,7 @@ async def test_each_file_of_a_batch_is_settled_on_its_own(brokers: Factory,
     assert again.job == files[2] and again.attempts == 1
     await wait_depth(b, t.parked_queue, 1)
     await wait_depth(b, t.fetch_queue(0), 0)
-    for _ in range(50):
-        if events:
-            break
-        await asyncio.sleep(0.1)
+    await first_event(events)
     # one event for the three files done, spread out by each_file
     [event] = events
     assert event["event"] == "file.fetched"
@@ -143,12 +153,9 @@ async def test_a_released_file_brings_its_whole_batch_back(brokers: Factory,
 async def test_batches_settled_together_share_one_event(brokers: Factory,
                                                         job_name: str) -> None:
     b = await brokers()
-    spec = spec_of(job_name)
-    await b.declare(spec)
-    t = Topology(spec)
-    batches = [FetchBatch(tuple(FetchJob(f"d{i}/f{j}", size=j) for j in range(3)))
-               for i in range(2)]
-    await b.publish(batches)
+    batches: list[Job] = [FetchBatch(tuple(FetchJob(f"d{i}/f{j}", size=j) for j in range(3)))
+                          for i in range(2)]
+    t = await declared(b, job_name, batches)
     events: list[dict[str, Any]] = []
     await b.subscribe_events(events.append)
 
@@ -159,14 +166,11 @@ async def test_batches_settled_together_share_one_event(brokers: Factory,
 
     await collect(b, t.fetch_queue(0), 2, split_batches(fetched, b, job_name), prefetch=2)
     await wait_depth(b, t.fetch_queue(0), 0)
-    for _ in range(50):
-        if events:
-            break
-        await asyncio.sleep(0.1)
+    await first_event(events)
     await asyncio.sleep(0.2)  # a second event, if one were sent, would be here by now
     [event] = events
     assert sorted(e["path"] for e in each_file(event)) == sorted(
-        f.path for batch in batches for f in batch.files)
+        f"d{i}/f{j}" for i in range(2) for j in range(3))
 
 
 async def test_an_event_that_fails_brings_its_batches_back() -> None:
@@ -180,11 +184,8 @@ async def test_an_event_that_fails_brings_its_batches_back() -> None:
             await super().publish_event(event)
 
     b = Refusing()
-    spec = spec_of("refusing")
-    await b.declare(spec)
-    t = Topology(spec)
-    await b.publish([FetchBatch((FetchJob("a/x", 1), FetchJob("a/y", 1))),
-                     FetchBatch((FetchJob("b/x", 1), FetchJob("b/y", 1)))])
+    t = await declared(b, "refusing", [FetchBatch((FetchJob("a/x", 1), FetchJob("a/y", 1))),
+                                       FetchBatch((FetchJob("b/x", 1), FetchJob("b/y", 1)))])
     seen: list[tuple[str, bool]] = []
 
     async def fetched(d: Delivery) -> None:
@@ -203,11 +204,8 @@ async def test_an_event_that_fails_brings_its_batches_back() -> None:
 async def test_each_folder_of_a_list_batch_is_settled_on_its_own(brokers: Factory,
                                                                  job_name: str) -> None:
     b = await brokers()
-    spec = spec_of(job_name)
-    await b.declare(spec)
-    t = Topology(spec)
     folders = tuple(ListJob(f"d{i}") for i in range(4))
-    await b.publish([ListBatch(folders)])
+    t = await declared(b, job_name, [ListBatch(folders)])
     seen: list[str] = []
 
     async def per_folder(d: Delivery) -> None:
