@@ -46,6 +46,9 @@ class WorkerSettings:
     modify_window_s: float = 0.001  # mtimes this close are equal (skip check)
     drain_deadline_s: float = 60.0  # SIGTERM: in-flight work must finish within this
     presence_interval_s: float = 1.0
+    # How often a worker asks whether the job is done when nothing woke it: a safety net,
+    # as the settling of its last held message wakes it at once.
+    idle_poll_s: float = 0.5
     publish_window: int = 256  # unconfirmed publishes allowed at once
     fsync: bool = True
     # A transfer slower than this over a whole window is stalled: aborted, resumed or retried.

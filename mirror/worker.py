@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from mirror.batches import FileDelivery, split_batches
-from mirror.broker import Broker, Consumer, Delivery, Topology
+from mirror.broker import Broker, Consumer, Delivery, Handler, Topology
 from mirror.control import Presence, job_done
 from mirror.crawl import Context, Outcome, describe, fetch_file, list_dir
 from mirror.disk import Placement
@@ -61,6 +61,10 @@ class Worker:
         self._batch_slots = asyncio.Semaphore(
             max(2, -(-2 * settings.concurrency // max(1, settings.batch_files))))
         self._held = 0
+        # Messages taken and not yet acked, released or retried. A batch's ack comes after its
+        # files are settled (it waits for their shared event), so the last message can still
+        # be open when ``_held`` drops to 0; its settling wakes the worker too.
+        self._open = 0
         self._listing = 0  # listing pages now (those may still publish more work)
         self._taken = 0
         self._handlers: set[asyncio.Task[object]] = set()
@@ -85,7 +89,7 @@ class Worker:
         return queues
 
     def snapshot(self) -> tuple[int, int]:
-        return self._held, self._taken
+        return self._held or self._open, self._taken
 
     def counts(self) -> dict[str, int]:
         """This process's totals, sent with every presence report (``mirror status``)."""
@@ -118,12 +122,14 @@ class Worker:
             for queue in self.queues:
                 prefetch = (self.settings.list_concurrency if queue == self.topology.list_queue
                             else self.settings.concurrency)
-                handler = split_batches(self._deliver, self.broker, self.spec.name,
-                                        self._deliver_files if self._fetch_batch else None)
+                handler = self._counted(split_batches(
+                    self._deliver, self.broker, self.spec.name,
+                    self._deliver_files if self._fetch_batch else None))
                 self._consumers.append(await self.broker.consume(queue, prefetch, handler))
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+                    await asyncio.wait_for(self._wake.wait(),
+                                           timeout=self.settings.idle_poll_s)
                 self._wake.clear()
                 self.limiter.set_workers(1 + len(self.presence.peers()))
                 if until_idle and not self._stop.is_set() and await self._job_done():
@@ -170,6 +176,19 @@ class Worker:
             if late:
                 log.warning("drain deadline passed: %d jobs given back to the queue", len(late))
                 await asyncio.wait(late, timeout=10)
+
+    def _counted(self, handler: Handler) -> Handler:
+        async def counted(delivery: Delivery) -> None:
+            self._open += 1
+            try:
+                await handler(delivery)
+            finally:
+                self._open -= 1
+                if not self._open:
+                    self._wake.set()  # the job may be done: check now, not at the next poll
+                    self.presence.nudge()
+
+        return counted
 
     async def _deliver(self, delivery: Delivery) -> None:
         if self._stopping:

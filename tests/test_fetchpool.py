@@ -14,6 +14,9 @@ import pytest
 from mirror import errors
 from mirror.errors import ErrorDetail
 from mirror.fetchpool import _error_from, _reply_for
+from mirror.jobs import JobSpec
+from mirror.runner import WorkOptions, run_job
+from mirror.settings import SourceSettings, WorkerSettings
 from mirror.testing.compare import tree_differences
 from mirror.testing.fake_upyun import FakeUpyun, Faults
 from mirror.testing.sample import BucketInfo
@@ -86,3 +89,22 @@ async def test_two_processes_with_faults_and_a_killed_child(small_bucket: Bucket
     assert "retries" in text
     assert tree_differences(small_bucket.root, dest) == []
     assert not list(dest.rglob("*.mirror.part"))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_the_end_of_a_job_is_seen_without_polling(small_bucket: BucketInfo,
+                                                        tmp_path: Path, processes: int) -> None:
+    """The worker learns that the job is done when its last message is settled, not at its
+    next poll: batches are acked after their shared event, later than their last file."""
+    dest = tmp_path / "dest"
+    async with FakeUpyun(small_bucket.root, bucket=BUCKET, operator=OPERATOR,
+                         password=PASSWORD) as fake:
+        spec = JobSpec(name=f"end-{processes}", source=f"upyun://{BUCKET}/",
+                       endpoint=fake.url, list_limit=100)
+        settings = SourceSettings(endpoint=fake.url, list_limit=100, env=CREDENTIALS)
+        worker = WorkerSettings(concurrency=8, idle_poll_s=3600, fsync=False)
+        outcome = await asyncio.wait_for(run_job(
+            spec, dest, None, settings, WorkOptions(worker, processes=processes),
+            tmp_path / "state"), 120)
+    assert outcome.exit_code == 0 and outcome.stats.fetched == small_bucket.files
+    assert tree_differences(small_bucket.root, dest) == []
