@@ -50,6 +50,7 @@ class Presence:
         self._counts = counts
         self._on_idle_peer = on_idle_peer
         self._nudged = 0.0
+        self._deferred: asyncio.TimerHandle | None = None
         self._peers: dict[str, _Heard] = {}
         self._task: asyncio.Task[None] | None = None
         self._replies: set[asyncio.Task[None]] = set()
@@ -73,6 +74,8 @@ class Presence:
 
     async def stop(self) -> None:
         self._stopped = True
+        if self._deferred is not None:
+            self._deferred.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -126,13 +129,25 @@ class Presence:
     def nudge(self) -> None:
         """Report now, between beats (this worker just ran out of work): whoever waits for
         the job to be done hears it at once instead of at the next beat."""
+        if self._task is None or self._stopped:
+            return
         now = time.monotonic()
-        if now - self._nudged < NUDGE_INTERVAL_S or self._task is None or self._stopped:
+        wait = self._nudged + NUDGE_INTERVAL_S - now
+        if wait > 0:
+            # Too soon after the last one: report at the end of the interval instead. Dropped,
+            # the news that this worker ran out of work waited for the next beat, and every
+            # peer with it for the end of the job (0.5-1 s at the end of each run).
+            if self._deferred is None:
+                self._deferred = asyncio.get_running_loop().call_later(wait, self._nudge_late)
             return
         self._nudged = now
         task = asyncio.create_task(self._announce_quietly())
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
+
+    def _nudge_late(self) -> None:
+        self._deferred = None
+        self.nudge()
 
     async def _announce_quietly(self) -> None:
         try:

@@ -32,9 +32,15 @@ async def test_a_worker_out_of_work_is_heard_before_its_next_beat() -> None:
         assert lister.peers()[fetcher.worker_id]["held"] == 0
         assert woken and woken[0] - started < 0.05  # 30 s before the next beat
         assert reports == [3, 0]
-        fetcher.nudge()  # again at once: held back (at most one report every 0.1 s)
+        held[0] = 2  # more work came, and was reported (as by a beat) ...
+        await fetcher.announce()
+        held[0] = 0  # ... and was done within 0.1 s of the last report
+        fetcher.nudge()  # again so soon: held back (at most one report every 0.1 s) ...
         await asyncio.sleep(0.02)
-        assert reports == [3, 0] and len(woken) == 1
+        assert reports == [3, 0, 2] and lister.peers()[fetcher.worker_id]["held"] == 2
+        await asyncio.sleep(0.15)  # ... but sent at the end of that interval, not dropped
+        assert reports == [3, 0, 2, 0] and lister.peers()[fetcher.worker_id]["held"] == 0
+        assert len(woken) == 2
     finally:
         await fetcher.stop()
         await lister.stop()
