@@ -295,7 +295,7 @@ class HttpIndexSource(HttpSessionOwner):
 
     async def stat(self, path: str) -> Entry:
         if not path:
-            return Entry("", True)
+            return await self._probe_root()
         url = self._url(path)
         what = f"stat {path}"
 
@@ -312,6 +312,18 @@ class HttpIndexSource(HttpSessionOwner):
                 resp.release()
 
         return await with_retries(self._settings, what, head)
+
+    async def _probe_root(self) -> Entry:
+        """The folder itself answers: a wrong URL or a server that is down then fails the run
+        at once (``check_source``), instead of its first listing being retried for minutes."""
+        url, what = self._url(""), "open the folder's index"
+
+        async def probe() -> Entry:
+            resp = await self._get(url, what, {}, "list")
+            resp.close()  # the first listing reads it
+            return Entry("", True)
+
+        return await with_retries(self._settings, what, probe)
 
     @asynccontextmanager
     async def open(self, path: str, offset: int = 0) -> AsyncIterator[HttpBody]:
