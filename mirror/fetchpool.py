@@ -28,9 +28,9 @@ import os
 import sys
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from mirror import errors
 from mirror.aio import run_async
@@ -38,9 +38,10 @@ from mirror.broker import Topology
 from mirror.broker.memory import MemoryBroker
 from mirror.crawl import Context, Outcome, fetch_file
 from mirror.disk import Disk, Placement
-from mirror.diskpool import disk_pool
+from mirror.diskpool import DiskPool, disk_pool
 from mirror.errors import ConfigError, ErrorDetail, MirrorError, SourceUnavailable
 from mirror.jobs import FetchJob, JobSpec, encode_job, job_from_dict
+from mirror.prefork import Forked, ForkedProcess, fork_children, reap
 from mirror.ratelimit import Limiter, RateSettings
 from mirror.settings import SourceSettings, WorkerSettings
 from mirror.stats import Stats
@@ -94,10 +95,13 @@ def _reply_for(exc: BaseException) -> dict[str, Any]:
 
 
 class _Child:
-    def __init__(self, index: int, setup: bytes) -> None:
+    def __init__(self, index: int, setup: bytes, forked: Forked | None = None) -> None:
         self.index = index
         self._setup = setup
-        self._proc: asyncio.subprocess.Process | None = None
+        self._forked = forked  # forked before the loop started: used for the first process
+        if forked is not None:
+            forked.taken = True
+        self._proc: asyncio.subprocess.Process | ForkedProcess | None = None
         self._lines: _Lines | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -105,15 +109,18 @@ class _Child:
         self._lock = asyncio.Lock()
         self.transferred = 0  # the child's own running total, last reported
 
-    async def _ensure(self) -> asyncio.subprocess.Process:
+    async def _ensure(self) -> asyncio.subprocess.Process | ForkedProcess:
         proc = self._proc
         if proc is not None and proc.returncode is None:
             return proc  # the common case, without taking the lock
         async with self._lock:
             if self._proc is None or self._proc.returncode is not None:
-                self._proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "mirror.fetchpool", stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE, limit=LINE_LIMIT)
+                forked, self._forked = self._forked, None
+                self._proc = (await ForkedProcess.connect(forked, LINE_LIMIT) if forked else
+                              await asyncio.create_subprocess_exec(
+                                  sys.executable, "-m", "mirror.fetchpool",
+                                  stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                  limit=LINE_LIMIT))
                 assert self._proc.stdin is not None
                 self._proc.stdin.write(self._setup + b"\n")
                 self._lines = _Lines(self._proc.stdin)
@@ -124,7 +131,7 @@ class _Child:
     async def start(self) -> None:
         await self._ensure()
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+    async def _read(self, proc: asyncio.subprocess.Process | ForkedProcess) -> None:
         assert proc.stdout is not None
         try:
             while line := await proc.stdout.readline():
@@ -158,6 +165,8 @@ class _Child:
             self._pending.pop(ident, None)
 
     async def close(self) -> None:
+        if self._forked is not None:  # never used
+            await asyncio.to_thread(reap, [self._forked])
         proc = self._proc
         if proc is None:
             return
@@ -176,7 +185,7 @@ class _Child:
 class FetchPool:
     def __init__(self, processes: int, spec: JobSpec, source: SourceSettings,
                  worker: WorkerSettings, placement: Placement, rates: RateSettings,
-                 stats: Stats) -> None:
+                 stats: Stats, forked: Sequence[Forked] = ()) -> None:
         if processes < 2:
             raise ConfigError("a fetch pool needs at least 2 processes")
         if rates.cluster_rps:
@@ -194,7 +203,9 @@ class FetchPool:
             "rates": dataclasses.asdict(share),
         }
         raw = json.dumps(setup).encode()
-        self._children = [_Child(i, raw) for i in range(processes)]
+        spare = [f for f in forked if not f.taken]
+        self._children = [_Child(i, raw, spare[i] if i < len(spare) else None)
+                          for i in range(processes)]
         self._stats = stats
 
     async def start(self) -> None:
@@ -252,31 +263,38 @@ class FetchPool:
 # -- the child ---------------------------------------------------------------------------
 
 
-async def _child_main() -> None:
+def _context(setup: Mapping[str, Any], pool: DiskPool) -> Context:
+    """What ``fetch_file`` needs, from the setup line the worker sent."""
     from mirror.runner import source_for
 
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=LINE_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    setup = json.loads(await reader.readline())
     spec = JobSpec.from_json(json.dumps(setup["spec"]).encode())
     worker = WorkerSettings(**setup["worker"])
-    source_settings = SourceSettings(**setup["source"])
-    pool = disk_pool(worker.concurrency)
     disks: dict[str, Disk] = {}
     shards = {int(s): disks.setdefault(root, Disk(Path(root), fsync=worker.fsync,
                                                   pool=pool))
               for s, root in setup["disks"].items()}
-    stats = Stats()
     limiter = Limiter(RateSettings(**setup["rates"]))
-    source = source_for(spec, source_settings, limiter)
-    ctx = Context(spec, Topology(spec), source, MemoryBroker(), Placement(shards), worker, stats,
-                  limiter)
+    source = source_for(spec, SourceSettings(**setup["source"]), limiter)
+    return Context(spec, Topology(spec), source, MemoryBroker(), Placement(shards), worker,
+                   Stats(), limiter)
+
+
+async def _child_main(requests: IO[bytes], answers: IO[bytes]) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), requests)
+    first = await reader.readline()
+    if not first:
+        return  # forked, and not needed after all
+    setup = json.loads(first)
+    pool = disk_pool(int(setup["worker"]["concurrency"]))
+    ctx = _context(setup, pool)
+    stats, source = ctx.stats, ctx.source
     transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
-                                                        sys.stdout)
+                                                        answers)
     out = _Lines(asyncio.StreamWriter(transport, protocol, None, loop))
     tasks: set[asyncio.Task[None]] = set()
-    slots = asyncio.Semaphore(worker.concurrency)
+    slots = asyncio.Semaphore(ctx.settings.concurrency)
 
     async def one(job: FetchJob) -> dict[str, Any]:
         reply: dict[str, Any]
@@ -318,10 +336,20 @@ async def _unexpected(job: object) -> dict[str, Any]:
     return _reply_for(TypeError(f"a fetch process got a {type(job).__name__}"))
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+def child(requests: IO[bytes], answers: IO[bytes]) -> None:
+    """A fetch process: answer the requests of one pipe on the other until the first ends."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True,
                         format=f"fetch process {os.getpid()}: %(levelname)s %(message)s")
-    run_async(_child_main())
+    run_async(_child_main(requests, answers))
+
+
+def fork(processes: int) -> list[Forked]:
+    """Fetch processes for ``--processes``, forked now (before the event loop starts)."""
+    return fork_children(processes, child)
+
+
+def main() -> None:
+    child(sys.stdin.buffer, sys.stdout.buffer)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from mirror.worker import Worker
 
 if TYPE_CHECKING:
     from mirror.fetchpool import FetchPool
+    from mirror.prefork import Forked
 
 log = logging.getLogger(__name__)
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -160,10 +161,23 @@ async def _signals(worker: Worker) -> AsyncIterator[None]:
             loop.remove_signal_handler(sig)
 
 
+def fork_fetchers(options: WorkOptions) -> list[Forked]:
+    """The fetch processes of ``options``, forked now: call before the event loop starts,
+    pass them to ``work`` and ``reap`` them after it (those it did not take)."""
+    if options.processes < 2 or not options.worker.fetches:
+        return []
+    from mirror.fetchpool import fork  # with --processes only (start-up time)
+
+    return fork(options.processes)
+
+
 async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placement,
                options: WorkOptions, stats: Stats | None = None,
                limiter: Limiter | None = None,
-               source_settings: SourceSettings | None = None) -> Outcome:
+               source_settings: SourceSettings | None = None,
+               forked: Sequence[Forked] = ()) -> Outcome:
+    """Work the job until it is done or the worker is stopped. ``forked``: fetch processes
+    from ``fork_fetchers`` (else the pool starts its own)."""
     stats = stats or Stats()
     pool: FetchPool | None = None
     if options.processes > 1 and options.worker.fetches:
@@ -172,7 +186,7 @@ async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placeme
         from mirror.fetchpool import FetchPool  # with --processes only (start-up time)
 
         pool = FetchPool(options.processes, spec, source_settings, options.worker, placement,
-                         options.rates, stats)
+                         options.rates, stats, forked)
     worker = Worker(broker, spec, source, placement, options.worker, stats, limiter,
                     fetcher=pool.fetch if pool is not None else None,
                     batch_fetcher=pool.fetch_many if pool is not None else None)
@@ -222,7 +236,8 @@ async def _work(broker: Broker, worker: Worker, stats: Stats, options: WorkOptio
 async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,
                   source_settings: SourceSettings, options: WorkOptions,
                   state_dir: Path, initial: Sequence[Job] | None = None,
-                  keep_parked: Sequence[ParkedJob] = ()) -> Outcome:
+                  keep_parked: Sequence[ParkedJob] = (), forked: Sequence[Forked] = ()
+                  ) -> Outcome:
     """``mirror run``: seed (embedded or on RabbitMQ) and work the job here until it is done.
 
     ``initial`` replaces the root listing (an embedded ``mirror retry``); ``keep_parked`` are
@@ -242,7 +257,7 @@ async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,
         disk = Disk(dest, fsync=options.worker.fsync, pool=pool)
         await disk.run(disk.check_writable)
         outcome = await work(broker, spec, source, Placement.single(disk, spec.shards), options,
-                             limiter=limiter, source_settings=source_settings)
+                             limiter=limiter, source_settings=source_settings, forked=forked)
     finally:
         await source.close()
         await broker.close()

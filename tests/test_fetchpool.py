@@ -54,7 +54,8 @@ def children_of(pid: int) -> list[int]:
             except OSError:
                 continue
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == pid and b"mirror.fetchpool" in cmdline:
+            # forked at the start (the parent's command line), or started again later
+            if ppid == pid and (b"mirror" in cmdline):
                 found.append(int(entry.name))
     return found
 

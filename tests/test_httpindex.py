@@ -21,6 +21,7 @@ from mirror.sources import open_source
 from mirror.sources.httpindex import child_name, parse_html_index, parse_json_index
 from mirror.testing.compare import tree_differences
 from mirror.testing.nginx import Nginx, find_nginx
+from mirror.testing.rabbit_node import free_port
 from mirror.testing.sample import BucketInfo
 from tests.test_cli import mirror_cmd
 
@@ -70,6 +71,32 @@ async def test_mirror_from_nginx(flavour: str, small_bucket: BucketInfo, tmp_pat
     problems = tree_differences(small_bucket.root, dest, skip_hidden=True,
                                 mtime_resolution_s=60 if flavour == "html" else 1)
     assert problems == []
+
+
+async def test_a_wrong_url_fails_at_once_and_leaves_no_process(
+        small_bucket: BucketInfo, tmp_path: Path, nginx_available: None) -> None:
+    """A folder the server does not have, or a server that is not there, is a clear error at
+    the start (not a listing retried for minutes); the fetch processes forked for
+    ``--processes`` end with the run."""
+    dest = tmp_path / "dest-of-a-wrong-url"
+    async with Nginx(small_bucket.root) as nginx:
+        code, _, err = await mirror_cmd("run", f"{nginx.url}not-there/", str(dest),
+                                        "--processes", "2", "--no-progress", timeout=60)
+        assert code == 2 and "the source folder does not exist" in err, err
+    code, _, err = await mirror_cmd("run", f"http://127.0.0.1:{free_port()}/", str(dest),
+                                    "--processes", "2", "--no-progress", timeout=60)
+    assert code == 3 and "cannot connect" in err, err
+    await asyncio.sleep(0.2)
+    left = [e.name for e in Path("/proc").iterdir() if e.name.isdigit()
+            and str(dest).encode() in _cmdline(e)]
+    assert left == []
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 APACHE_PAGE = """<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 3.2 Final//EN">

@@ -25,6 +25,7 @@ from mirror.cli import (
 from mirror.disk import Placement
 from mirror.diskpool import disk_pool
 from mirror.placement import build_placement, parse_claim
+from mirror.prefork import reap
 from mirror.ratelimit import Limiter
 
 
@@ -53,8 +54,12 @@ def run(ctx: click.Context, /, source: str, dest: Path, broker: str | None, job_
         source, dest.resolve() if broker is None else None))
     spec = make_spec(name, source, o)
     options = make_work_options(o, make_worker_settings(o), until_idle=True, live=live)
-    outcome = run_async(runner.run_job(spec, dest, broker, make_source_settings(ctx, o),
-                                       options, state_dir_of(o)))
+    forked = runner.fork_fetchers(options)
+    try:
+        outcome = run_async(runner.run_job(spec, dest, broker, make_source_settings(ctx, o),
+                                           options, state_dir_of(o), forked=forked))
+    finally:
+        reap(forked)
     click.echo(runner.report(outcome))
     return outcome.exit_code
 
@@ -138,14 +143,18 @@ def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path | None,
             src = runner.source_for(spec, source_settings, limiter)
             try:
                 return await runner.work(b, spec, src, placement, options, limiter=limiter,
-                                         source_settings=source_settings)
+                                         source_settings=source_settings, forked=forked)
             finally:
                 await src.close()
         finally:
             await b.close()
             pool.shutdown(wait=False)
 
-    outcome = run_async(go())
+    forked = runner.fork_fetchers(options)
+    try:
+        outcome = run_async(go())
+    finally:
+        reap(forked)
     click.echo(runner.report(outcome))
     if not until_idle and outcome.fatal is None:
         return 0  # stopped on request; parked files are the job's, reported by its run/status
