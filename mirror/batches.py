@@ -17,6 +17,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from mirror.broker import Broker, Delivery, Handler, Topology
@@ -152,6 +153,92 @@ def split_batches(handler: Handler, broker: Broker, job_name: str,
     return handle
 
 
+@dataclass
+class _Filling:
+    """A batch message being filled, and the signal that it was published (confirmed)."""
+
+    sent: asyncio.Future[None]
+    files: list[FetchJob] = field(default_factory=list)
+    size: int = 0
+
+
+class FileOutbox:
+    """Small files of pages listed at about the same time, packed into shared batches.
+
+    A page of 20 small files made a batch message of its own: over RabbitMQ each message is a
+    publish, a delivery and an ack, on a broker and workers that share the cores with the
+    downloads. Pages listed within ``window_s`` now fill batches together (per queue, up to
+    ``max_files`` and ``max_bytes``). ``send`` returns once every message carrying one of its
+    files is confirmed and raises if one failed; the folder is then listed again, and its
+    files already published are skipped by the fetchers as already current.
+    """
+
+    def __init__(self, broker: Broker, topology: Topology, max_files: int, max_bytes: int,
+                 small_max: int, on_message: Callable[[], None] = lambda: None,
+                 window_s: float = 0.005) -> None:
+        self._broker = broker
+        self._topology = topology
+        self._max_files = max_files
+        self._max_bytes = max_bytes
+        self._small_max = small_max
+        self._on_message = on_message
+        self._window_s = window_s
+        self._open: dict[str, _Filling] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def takes(self, job: Job) -> bool:
+        return isinstance(job, FetchJob) and not job.is_dir and job.size <= self._small_max
+
+    def messages_for(self, files: int) -> int:
+        """About how many messages ``files`` small files make (for the backlog gate)."""
+        return -(-files // self._max_files)
+
+    async def send(self, files: Sequence[FetchJob]) -> None:
+        loop = asyncio.get_running_loop()
+        waits: list[asyncio.Future[None]] = []
+        for job in files:
+            queue = self._topology.queue_for(job)
+            filling = self._open.get(queue)
+            if filling is not None and (len(filling.files) >= self._max_files
+                                        or filling.size + job.size > self._max_bytes):
+                self._flush(queue, filling)
+                filling = None
+            if filling is None:
+                filling = self._open[queue] = _Filling(loop.create_future())
+                loop.call_later(self._window_s, self._flush, queue, filling)
+            filling.files.append(job)
+            filling.size += job.size
+            if filling.sent not in waits:
+                waits.append(filling.sent)
+        for queue, filling in list(self._open.items()):
+            if len(filling.files) >= self._max_files:
+                self._flush(queue, filling)
+        for sent in waits:
+            await asyncio.shield(sent)
+
+    def _flush(self, queue: str, filling: _Filling) -> None:
+        if self._open.get(queue) is not filling:
+            return  # sent already, when it was full
+        del self._open[queue]
+        files = filling.files
+        message: Job = files[0] if len(files) == 1 else FetchBatch(tuple(files))
+        task = asyncio.ensure_future(self._broker.publish([message]))
+        self._sending.add(task)
+        task.add_done_callback(functools.partial(self._sent, filling.sent))
+
+    def _sent(self, sent: asyncio.Future[None], task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if task.cancelled():
+            sent.set_exception(BrokerError("publishing a batch of files was cancelled"))
+        elif (exc := task.exception()) is not None:
+            sent.set_exception(exc)
+        else:
+            self._on_message()
+            sent.set_result(None)
+        # Every page that shared it awaits it; this keeps an unawaited failure out of the log.
+        sent.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
 class EventOutbox:
     """The file events of batches settled close together, sent as one event per kind.
 
@@ -226,4 +313,5 @@ async def _settle(delivery: Delivery,
         log.warning("could not settle a batch (%s); the broker will deliver it again", exc)
 
 
-__all__ = ["EventOutbox", "FileDelivery", "PartDelivery", "pack", "split_batches"]
+__all__ = ["EventOutbox", "FileDelivery", "FileOutbox", "PartDelivery", "pack",
+           "split_batches"]

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mirror.batches import pack
+from mirror.batches import FileOutbox, pack
 from mirror.broker import Broker, Topology
 from mirror.disk import Disk, PartFile, Placement, check_name
 from mirror.errors import (
@@ -43,8 +43,10 @@ MAX_EMPTY_PAGES = 3
 class BacklogGate:
     """Listing waits while any fetch queue holds more than ``limit`` ready jobs.
 
-    Pages publish one at a time through the gate, each after a fresh look at the queues, so
-    the backlog stays within the limit plus one page per listing process.
+    A page takes room for its messages before it publishes them; once the room seen at the
+    last look at the queues is used up, the next page looks again, counting the messages that
+    other pages are still publishing. The backlog then stays within the limit plus one page
+    per listing process.
     """
 
     def __init__(self, broker: Broker, topology: Topology, limit: int) -> None:
@@ -58,6 +60,7 @@ class BacklogGate:
         # at most a tenth of the limit, so that several listers overshoot it by little.
         # Looking before every page cost the lister several broker round trips a page.
         self._room = 0
+        self._publishing = 0  # messages of pages between their room and their confirm
 
     async def backlog(self) -> int:
         depths = await self._broker.depths()
@@ -66,11 +69,17 @@ class BacklogGate:
 
     @contextlib.asynccontextmanager
     async def room(self, messages: int = 1) -> AsyncIterator[None]:
+        """Room for ``messages`` more, held while the block publishes them.
+
+        Only taking room is one page at a time, not the publish: with the lock held through
+        it, pages published one after the other, each waiting for its confirm, and a lister
+        alone on RabbitMQ listed about 1,500 pages/s instead of 2,500.
+        """
         async with self._lock:
             if self._room <= 0:
                 waited = False
                 started = time.monotonic()
-                while (ready := await self.backlog()) > self.limit:
+                while (ready := await self.backlog()) + self._publishing > self.limit:
                     if not waited:
                         log.info("listing paused: a fetch queue holds %d messages, above "
                                  "--max-backlog", ready)
@@ -79,9 +88,14 @@ class BacklogGate:
                 if waited:
                     self.paused_s += time.monotonic() - started
                     log.info("listing resumed")
-                self._room = min(self.limit - ready, max(1, self.limit // 10))
+                self._room = min(self.limit - ready - self._publishing,
+                                 max(1, self.limit // 10))
             self._room -= messages
+            self._publishing += messages
+        try:
             yield
+        finally:
+            self._publishing -= messages
 
 
 @dataclass
@@ -98,11 +112,23 @@ class Context:
     # fetching (consumer-timeout redelivery, duplicate listing) waits instead of downloading.
     inflight: dict[tuple[str, str], asyncio.Future[None]] = field(default_factory=dict)
     backlog: BacklogGate = field(init=False)
+    # Index pages requested at once (--list-concurrency), whatever the messages in hand carry;
+    # held for the request only (publishing the page's jobs is no load on the source).
+    list_slots: asyncio.Semaphore = field(init=False)
+    files: FileOutbox | None = field(init=False)  # None: one message per file
 
     def __post_init__(self) -> None:
+        s = self.settings
         # The gate counts messages; a message carries up to batch_files small files.
-        limit = max(1, self.settings.max_backlog // max(1, self.settings.batch_files))
-        self.backlog = BacklogGate(self.broker, self.topology, limit)
+        self.backlog = BacklogGate(self.broker, self.topology,
+                                   max(1, s.max_backlog // max(1, s.batch_files)))
+        self.list_slots = asyncio.Semaphore(s.list_concurrency)
+        self.files = (FileOutbox(self.broker, self.topology, s.batch_files, s.batch_bytes,
+                                 s.small_file_max, self._count_message)
+                      if s.batch_files > 1 else None)
+
+    def _count_message(self) -> None:
+        self.stats.file_messages += 1
 
     def disk_for(self, job: FetchJob) -> Disk:
         shard = shard_of(job.path, self.spec.shards, self.spec.shard_by, job.is_dir)
@@ -110,7 +136,8 @@ class Context:
 
 
 async def list_dir(job: ListJob, ctx: Context) -> Outcome:
-    page = await ctx.source.list_page(job.path, job.cursor)
+    async with ctx.list_slots:
+        page = await ctx.source.list_page(job.path, job.cursor)
     if job.last is not None and any(e.path == job.last for e in page.entries):
         raise ProtocolError(
             f"listing of {job.path or '/'}: page {job.page + 1} repeats {job.last!r} from the "
@@ -140,14 +167,21 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
         follow.append(ListJob(job.path, page.cursor, job.page + 1, empty, last))
     elif job.cursor is None and not page.entries:
         follow.append(FetchJob(job.path, is_dir=True))  # an empty folder is reproduced too
-    settings = ctx.settings
-    messages = pack(follow, ctx.topology, settings.batch_files, settings.batch_bytes,
-                    settings.small_file_max)
-    if any(isinstance(j, FetchJob | FetchBatch) for j in messages):
-        async with ctx.backlog.room(len(messages)):
-            await ctx.broker.publish(messages)
-    else:
-        await ctx.broker.publish(messages)
+    settings, outbox = ctx.settings, ctx.files
+    small = [j for j in follow if isinstance(j, FetchJob) and outbox and outbox.takes(j)]
+    messages = pack([j for j in follow if not (outbox and outbox.takes(j))], ctx.topology,
+                    settings.batch_files, settings.batch_bytes, settings.small_file_max)
+    file_messages = sum(1 for m in messages if isinstance(m, FetchBatch) or (
+        isinstance(m, FetchJob) and not m.is_dir))
+    to_fetch = file_messages + (outbox.messages_for(len(small)) if outbox else 0)
+    async with ctx.backlog.room(to_fetch) if to_fetch else contextlib.nullcontext():
+        # Both durable before the folder's page counts as listed.
+        published = await asyncio.gather(
+            ctx.broker.publish(messages), outbox.send(small) if outbox and small else _nothing(),
+            return_exceptions=True)
+    for result in published:
+        if isinstance(result, BaseException):
+            raise result
     for item, problem in refused:
         log.warning("refused %r: %s", item.path, problem)
         reason = Reason.from_error(problem, attempts=0)
@@ -157,14 +191,17 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
             with contextlib.suppress(MirrorError):  # the park is done and must not repeat
                 await ctx.broker.publish_event(parked_event(ctx.spec.name, item, reason))
     ctx.stats.pages += 1
-    ctx.stats.file_messages += sum(1 for m in messages if isinstance(m, FetchBatch) or (
-        isinstance(m, FetchJob) and not m.is_dir))
+    ctx.stats.file_messages += file_messages
     ctx.stats.entries += len(page.entries)
     for item in follow:
         if isinstance(item, FetchJob) and not item.is_dir:
             ctx.stats.listed_files += 1
             ctx.stats.listed_bytes += item.size
     return "listed"
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def fetch_file(job: FetchJob, ctx: Context) -> Outcome:

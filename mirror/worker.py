@@ -76,7 +76,6 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._fetch_slots = asyncio.Semaphore(settings.concurrency)
-        self._list_slots = asyncio.Semaphore(settings.list_concurrency)
         self.presence = Presence(broker, settings.role, self.queues, self.snapshot,
                                  settings.presence_interval_s, on_stop=self.request_stop,
                                  counts=self.counts, on_idle_peer=self._wake.set)
@@ -250,8 +249,7 @@ class Worker:
             if isinstance(job, ListJob):
                 self._listing += 1
                 try:
-                    async with self._list_slots:  # a message may carry several folders
-                        outcome = await list_dir(job, self.ctx)
+                    outcome = await list_dir(job, self.ctx)
                 finally:
                     self._listing -= 1
             else:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from mirror.batches import FileDelivery, pack, split_batches
+from mirror.batches import FileDelivery, FileOutbox, pack, split_batches
 from mirror.broker import Broker, Delivery, Topology
 from mirror.broker.memory import MemoryBroker
 from mirror.errors import BrokerUnavailable, ErrorDetail, NotFound, ProtocolError
@@ -242,3 +243,40 @@ def test_status_counts_queued_files_not_messages() -> None:
     now = Snapshot("s", "memory", "management", 0.0, queues, t, {"w1": lister})
     files = summarize(now)["files"]
     assert files["queued"] == 3 * 25 + 2 + 1 * 25
+
+
+async def test_pages_listed_together_fill_batches_together(brokers: Factory,
+                                                          job_name: str) -> None:
+    """Two pages of 20 small files each, sent at about the same time: 32 + 8 files in two
+    messages instead of 20 + 20; each page returns once its files are all published."""
+    b = await brokers()
+    t = await declared(b, job_name, [])
+    counted: list[int] = []
+    outbox = FileOutbox(b, t, max_files=32, max_bytes=1 << 20, small_max=1000,
+                        on_message=lambda: counted.append(1))
+    pages = [[FetchJob(f"d{p}/f{i}", size=10) for i in range(20)] for p in range(2)]
+    big = FetchJob("d0/big", size=5000)
+    assert [outbox.takes(j) for j in (pages[0][0], big, FetchJob("d1", is_dir=True))] == [
+        True, False, False]
+    await asyncio.gather(*(outbox.send(page) for page in pages))
+    assert len(counted) == 2
+    got = await collect(b, t.fetch_queue(0), 2, lambda d: d.ack())
+    sizes = sorted(len(d.job.files) if isinstance(d.job, FetchBatch) else 1 for d in got)
+    assert sizes == [8, 32]
+    files = [f.path for d in got for f in (d.job.files if isinstance(d.job, FetchBatch) else ())]
+    assert sorted(files) == sorted(j.path for page in pages for j in page)
+
+
+async def test_a_shared_batch_that_fails_fails_every_page_in_it() -> None:
+    class Refusing(MemoryBroker):
+        async def publish(self, jobs: Sequence[Job]) -> None:
+            if jobs:
+                raise BrokerUnavailable("the broker went away")
+
+    b = Refusing()
+    t = await declared(b, "refusing-files", [])
+    outbox = FileOutbox(b, t, max_files=32, max_bytes=1 << 20, small_max=1000)
+    results = await asyncio.gather(
+        *(outbox.send([FetchJob(f"d{p}/f{i}", size=1) for i in range(3)]) for p in range(2)),
+        return_exceptions=True)
+    assert [type(r) for r in results] == [BrokerUnavailable, BrokerUnavailable]
