@@ -283,6 +283,8 @@ class HttpIndexSource(HttpSessionOwner):
 
     async def _complete(self, found: list[tuple[Entry, bool]]) -> list[Entry]:
         """HEAD the files the index gave no exact size for."""
+        if all(known for _, known in found):
+            return [entry for entry, _ in found]  # nginx: no task per entry
         gate = asyncio.Semaphore(HEAD_CONCURRENCY)
 
         async def exact(entry: Entry, known: bool) -> Entry:
