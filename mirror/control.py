@@ -25,7 +25,7 @@ from mirror.broker import Broker, Topology
 
 log = logging.getLogger(__name__)
 
-NUDGE_INTERVAL_S = 0.1  # out-of-beat reports, at most this often
+NUDGE_INTERVAL_S = 0.05  # out-of-beat reports, at most this often
 Snapshot = Callable[[], tuple[int, int]]  # (jobs held now, jobs taken since start)
 
 
@@ -39,7 +39,8 @@ class Presence:
     def __init__(self, broker: Broker, role: str, queues: list[str], snapshot: Snapshot,
                  interval_s: float = 1.0, on_stop: Callable[[str], None] | None = None,
                  counts: Callable[[], dict[str, int]] | None = None,
-                 on_idle_peer: Callable[[], None] | None = None) -> None:
+                 on_idle_peer: Callable[[], None] | None = None,
+                 nudge_interval_s: float = NUDGE_INTERVAL_S) -> None:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._broker = broker
         self._role = role
@@ -50,6 +51,7 @@ class Presence:
         self._counts = counts
         self._on_idle_peer = on_idle_peer
         self._nudged = 0.0
+        self._nudge_interval = nudge_interval_s
         self._deferred: asyncio.TimerHandle | None = None
         self._peers: dict[str, _Heard] = {}
         self._task: asyncio.Task[None] | None = None
@@ -132,7 +134,7 @@ class Presence:
         if self._task is None or self._stopped:
             return
         now = time.monotonic()
-        wait = self._nudged + NUDGE_INTERVAL_S - now
+        wait = self._nudged + self._nudge_interval - now
         if wait > 0:
             # Too soon after the last one: report at the end of the interval instead. Dropped,
             # the news that this worker ran out of work waited for the next beat, and every

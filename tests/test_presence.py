@@ -14,7 +14,8 @@ async def test_a_worker_out_of_work_is_heard_before_its_next_beat() -> None:
     held = [3]
     woken: list[float] = []
     loop = asyncio.get_running_loop()
-    fetcher = Presence(broker, "fetch", ["q"], lambda: (held[0], 10), interval_s=30)
+    fetcher = Presence(broker, "fetch", ["q"], lambda: (held[0], 10), interval_s=30,
+                       nudge_interval_s=0.5)
     lister = Presence(broker, "list", ["l"], lambda: (0, 0), interval_s=30,
                       on_idle_peer=lambda: woken.append(loop.time()))
     reports: list[int] = []
@@ -34,11 +35,11 @@ async def test_a_worker_out_of_work_is_heard_before_its_next_beat() -> None:
         assert reports == [3, 0]
         held[0] = 2  # more work came, and was reported (as by a beat) ...
         await fetcher.announce()
-        held[0] = 0  # ... and was done within 0.1 s of the last report
-        fetcher.nudge()  # again so soon: held back (at most one report every 0.1 s) ...
+        held[0] = 0  # ... and was done within 0.5 s of the last nudge
+        fetcher.nudge()  # so soon: held back (at most one report every 0.5 s here) ...
         await asyncio.sleep(0.02)
         assert reports == [3, 0, 2] and lister.peers()[fetcher.worker_id]["held"] == 2
-        await asyncio.sleep(0.15)  # ... but sent at the end of that interval, not dropped
+        await asyncio.sleep(0.7)  # ... but sent at the end of that interval, not dropped
         assert reports == [3, 0, 2, 0] and lister.peers()[fetcher.worker_id]["held"] == 0
         assert len(woken) == 2
     finally:
