@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO
@@ -41,13 +42,24 @@ def fork_children(count: int, main: Callable[[IO[bytes], IO[bytes]], None]) -> l
     if (count < 1 or not hasattr(os, "fork") or not hasattr(os, "pidfd_open")
             or threading.active_count() > 1):
         return []
+    try:
+        os.close(os.pidfd_open(os.getpid()))  # Linux before 5.3 has none
+    except OSError:
+        return []
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # or a child could write the parent's buffered output again
     forked: list[Forked] = []
     for _ in range(count):
-        requests_r, requests_w = os.pipe()
-        answers_r, answers_w = os.pipe()
-        pid = os.fork()
+        fds: list[int] = []
+        try:
+            fds.extend(os.pipe())
+            fds.extend(os.pipe())
+            pid = os.fork()
+        except OSError:  # out of processes or descriptors: the pool starts the rest itself
+            for fd in fds:
+                os.close(fd)
+            break
+        requests_r, requests_w, answers_r, answers_w = fds
         if pid == 0:
             code = 1
             try:
@@ -59,6 +71,10 @@ def fork_children(count: int, main: Callable[[IO[bytes], IO[bytes]], None]) -> l
                 main(os.fdopen(requests_r, "rb", buffering=0),
                      os.fdopen(answers_w, "wb", buffering=0))
                 code = 0
+            except KeyboardInterrupt:
+                code = 130
+            except BaseException:
+                traceback.print_exc()  # as a started child's interpreter would
             finally:
                 os._exit(code)  # never return into the parent's stack (click, atexit)
         os.close(requests_r)

@@ -109,3 +109,40 @@ async def test_the_end_of_a_job_is_seen_without_polling(small_bucket: BucketInfo
             tmp_path / "state"), 120)
     assert outcome.exit_code == 0 and outcome.stats.fetched == small_bucket.files
     assert tree_differences(small_bucket.root, dest) == []
+
+
+FORK_SCRIPT = """
+import os, sys
+from mirror.prefork import fork_children, reap
+
+def echo(requests, answers):
+    line = requests.readline()
+    if line == b"boom\\n":
+        raise RuntimeError("a child failed")
+    answers.write(line.upper())
+
+children = fork_children(2, echo)
+assert len(children) == 2, children
+os.write(children[0].to_child, b"hello\\n")
+print(os.read(children[0].from_child, 100).decode().strip())
+os.write(children[1].to_child, b"boom\\n")
+_, status = os.waitpid(children[1].pid, 0)
+print("exit", os.waitstatus_to_exitcode(status))
+children[1].taken = True  # reaped above
+os.close(children[1].to_child)
+os.close(children[1].from_child)
+reap(children)  # the first: its pipe closes, it exits
+print("reaped", all(c.taken for c in children))
+"""
+
+
+async def test_forked_children_answer_on_their_pipes_and_end_with_them() -> None:
+    """Forked before any event loop (a fresh interpreter here): each child answers on its
+    own pipes, a failure in one is printed and exits 1, and closing a pipe ends its child."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FORK_SCRIPT, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().split("\n")[:3] == ["HELLO", "exit 1", "reaped True"]
+    assert "RuntimeError: a child failed" in err.decode()
