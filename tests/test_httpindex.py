@@ -75,14 +75,19 @@ async def test_mirror_from_nginx(flavour: str, small_bucket: BucketInfo, tmp_pat
 
 async def test_a_wrong_url_fails_at_once_and_leaves_no_process(
         small_bucket: BucketInfo, tmp_path: Path, nginx_available: None) -> None:
-    """A folder the server does not have, or a server that is not there, is a clear error at
-    the start (not a listing retried for minutes); the fetch processes forked for
-    ``--processes`` end with the run."""
+    """A folder the server does not have, the URL of a file, or a server that is not there is
+    a clear error at the start (not a listing retried for minutes); the fetch processes
+    forked for ``--processes`` end with the run."""
     dest = tmp_path / "dest-of-a-wrong-url"
     async with Nginx(small_bucket.root) as nginx:
         code, _, err = await mirror_cmd("run", f"{nginx.url}not-there/", str(dest),
                                         "--processes", "2", "--no-progress", timeout=60)
         assert code == 2 and "the source folder does not exist" in err, err
+        a_file = next(rel for f in sorted(small_bucket.root.rglob("*")) if f.is_file()
+                      and _plain(rel := f.relative_to(small_bucket.root).as_posix()))
+        code, _, err = await mirror_cmd("run", nginx.url + a_file, str(dest), "--no-progress",
+                                        timeout=60)
+        assert code == 2 and "is a file, not a folder" in err, err
     code, _, err = await mirror_cmd("run", f"http://127.0.0.1:{free_port()}/", str(dest),
                                     "--processes", "2", "--no-progress", timeout=60)
     assert code == 3 and "cannot connect" in err, err
@@ -90,6 +95,11 @@ async def test_a_wrong_url_fails_at_once_and_leaves_no_process(
     left = [e.name for e in Path("/proc").iterdir() if e.name.isdigit()
             and str(dest).encode() in _cmdline(e)]
     assert left == []
+
+
+def _plain(path: str) -> bool:
+    return path.isascii() and all(part[:1].isalnum() and part.replace(".", "").replace(
+        "_", "").replace("-", "").isalnum() for part in path.split("/"))
 
 
 def _cmdline(proc: Path) -> bytes:

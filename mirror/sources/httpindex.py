@@ -320,12 +320,22 @@ class HttpIndexSource(HttpSessionOwner):
         at once (``check_source``), instead of its first listing being retried for minutes."""
         url, what = self._url(""), "open the folder's index"
 
-        async def probe() -> Entry:
-            resp = await self._get(url, what, {}, "list")
+        async def probe(at: str) -> Entry:
+            resp = await self._get(at, what, {}, "list")
             resp.close()  # the first listing reads it
-            return Entry("", True)
+            return Entry("", at.endswith("/"))
 
-        return await with_retries(self._settings, what, probe)
+        try:
+            return await with_retries(self._settings, what, lambda: probe(url))
+        except NotFound:
+            if url.count("/") <= 3:
+                raise
+            # The URL of a file (given without the slash we add): say so, not "missing".
+            try:
+                return await with_retries(self._settings, what, lambda: probe(url[:-1]))
+            except MirrorError:
+                pass
+            raise
 
     @asynccontextmanager
     async def open(self, path: str, offset: int = 0) -> AsyncIterator[HttpBody]:
