@@ -14,7 +14,8 @@ the in-process guard against two deliveries of one file writing at once still ho
 or batch delivered twice; a file that two different messages carry at once (a page listed
 twice) meets the part file's lock (``Busy``, retried), as between processes anyway. A child
 that dies fails its jobs as transient errors (they are retried) and is started again for the
-next job.
+next job. The first children are forked by the command before its event loop starts
+(``mirror.prefork``); one started again is a new interpreter (``python -m mirror.fetchpool``).
 """
 
 from __future__ import annotations
