@@ -18,7 +18,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, TypeGuard, TypeVar
 
 from mirror.broker import Broker, Delivery, Handler, Topology
 from mirror.errors import BrokerError, MirrorError
@@ -52,7 +52,7 @@ def pack(jobs: Sequence[Job], topology: Topology, max_files: int, max_bytes: int
         out.append(files[0] if len(files) == 1 else FetchBatch(tuple(files)))
 
     for job in jobs:
-        if not isinstance(job, FetchJob) or job.is_dir or job.size > small_max:
+        if not _small(job, small_max):
             out.append(job)
             continue
         queue = topology.queue_for(job)
@@ -65,6 +65,11 @@ def pack(jobs: Sequence[Job], topology: Topology, max_files: int, max_bytes: int
     for queue in list(open_batches):
         close(queue)
     return out
+
+
+def _small(job: Job, small_max: int) -> TypeGuard[FetchJob]:
+    """A file that travels in a batch (folders and large files travel alone)."""
+    return isinstance(job, FetchJob) and not job.is_dir and job.size <= small_max
 
 
 class PartDelivery(Generic[P]):
@@ -155,14 +160,56 @@ def split_batches(handler: Handler, broker: Broker, job_name: str,
 
 @dataclass
 class _Filling:
-    """A batch message being filled, and the signal that it was published (confirmed)."""
+    """Files gathered for one message, and the signal that it was sent (confirmed)."""
 
     sent: asyncio.Future[None]
     files: list[FetchJob] = field(default_factory=list)
     size: int = 0
 
 
-class FileOutbox:
+class _Outbox:
+    """Files gathered per key for up to ``window_s`` and sent as one message; whoever added
+    to it awaits that message's confirm, or its failure. ``_send`` makes the message."""
+
+    what = "a message"  # for the error of a cancelled send
+
+    def __init__(self, window_s: float) -> None:
+        self._window_s = window_s
+        self._open: dict[str, _Filling] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def _filling(self, key: str) -> _Filling:
+        filling = self._open.get(key)
+        if filling is None:
+            loop = asyncio.get_running_loop()
+            filling = self._open[key] = _Filling(loop.create_future())
+            loop.call_later(self._window_s, self._flush, key, filling)
+        return filling
+
+    async def _send(self, key: str, files: list[FetchJob]) -> None:
+        raise NotImplementedError
+
+    def _flush(self, key: str, filling: _Filling) -> None:
+        if self._open.get(key) is not filling:
+            return  # sent already, when it was full
+        del self._open[key]
+        task = asyncio.ensure_future(self._send(key, filling.files))
+        self._sending.add(task)
+        task.add_done_callback(functools.partial(self._sent, filling.sent))
+
+    def _sent(self, sent: asyncio.Future[None], task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if task.cancelled():
+            sent.set_exception(BrokerError(f"sending {self.what} was cancelled"))
+        elif (exc := task.exception()) is not None:
+            sent.set_exception(exc)
+        else:
+            sent.set_result(None)
+        # Every sender that shared it awaits it; this keeps an unawaited failure out of the log.
+        sent.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+class FileOutbox(_Outbox):
     """Small files of pages listed at about the same time, packed into shared batches.
 
     A page of 20 small files made a batch message of its own: over RabbitMQ each message is a
@@ -173,39 +220,35 @@ class FileOutbox:
     files already published are skipped by the fetchers as already current.
     """
 
+    what = "a batch of files"
+
     def __init__(self, broker: Broker, topology: Topology, max_files: int, max_bytes: int,
                  small_max: int, on_message: Callable[[], None] = lambda: None,
                  window_s: float = 0.005) -> None:
+        super().__init__(window_s)
         self._broker = broker
         self._topology = topology
         self._max_files = max_files
         self._max_bytes = max_bytes
         self._small_max = small_max
         self._on_message = on_message
-        self._window_s = window_s
-        self._open: dict[str, _Filling] = {}
-        self._sending: set[asyncio.Task[None]] = set()
 
     def takes(self, job: Job) -> bool:
-        return isinstance(job, FetchJob) and not job.is_dir and job.size <= self._small_max
+        return _small(job, self._small_max)
 
     def messages_for(self, files: int) -> int:
         """About how many messages ``files`` small files make (for the backlog gate)."""
         return -(-files // self._max_files)
 
     async def send(self, files: Sequence[FetchJob]) -> None:
-        loop = asyncio.get_running_loop()
         waits: list[asyncio.Future[None]] = []
         for job in files:
             queue = self._topology.queue_for(job)
-            filling = self._open.get(queue)
-            if filling is not None and (len(filling.files) >= self._max_files
-                                        or filling.size + job.size > self._max_bytes):
+            filling = self._filling(queue)
+            if filling.files and (len(filling.files) >= self._max_files
+                                  or filling.size + job.size > self._max_bytes):
                 self._flush(queue, filling)
-                filling = None
-            if filling is None:
-                filling = self._open[queue] = _Filling(loop.create_future())
-                loop.call_later(self._window_s, self._flush, queue, filling)
+                filling = self._filling(queue)
             filling.files.append(job)
             filling.size += job.size
             if filling.sent not in waits:
@@ -216,30 +259,12 @@ class FileOutbox:
         for sent in waits:
             await asyncio.shield(sent)
 
-    def _flush(self, queue: str, filling: _Filling) -> None:
-        if self._open.get(queue) is not filling:
-            return  # sent already, when it was full
-        del self._open[queue]
-        files = filling.files
-        message: Job = files[0] if len(files) == 1 else FetchBatch(tuple(files))
-        task = asyncio.ensure_future(self._broker.publish([message]))
-        self._sending.add(task)
-        task.add_done_callback(functools.partial(self._sent, filling.sent))
-
-    def _sent(self, sent: asyncio.Future[None], task: asyncio.Task[None]) -> None:
-        self._sending.discard(task)
-        if task.cancelled():
-            sent.set_exception(BrokerError("publishing a batch of files was cancelled"))
-        elif (exc := task.exception()) is not None:
-            sent.set_exception(exc)
-        else:
-            self._on_message()
-            sent.set_result(None)
-        # Every page that shared it awaits it; this keeps an unawaited failure out of the log.
-        sent.add_done_callback(lambda f: f.cancelled() or f.exception())
+    async def _send(self, key: str, files: list[FetchJob]) -> None:
+        await self._broker.publish([files[0] if len(files) == 1 else FetchBatch(tuple(files))])
+        self._on_message()
 
 
-class EventOutbox:
+class EventOutbox(_Outbox):
     """The file events of batches settled close together, sent as one event per kind.
 
     A confirmed publish costs a fetcher about 0.3 ms of CPU, and RabbitMQ a share of its
@@ -248,46 +273,25 @@ class EventOutbox:
     that carries its files before it is acked (at least once, as before).
     """
 
+    what = "a batch's events"
+
     def __init__(self, broker: Broker, job_name: str, window_s: float = 0.02,
                  max_files: int = 1000) -> None:
+        super().__init__(window_s)
         self._broker = broker
         self._job_name = job_name
-        self._window_s = window_s
         self._max_files = max_files
-        self._open: dict[str, tuple[list[FetchJob], asyncio.Future[None]]] = {}
-        self._sending: set[asyncio.Task[None]] = set()
 
     async def send(self, kind: str, jobs: Sequence[FetchJob]) -> None:
         """Return once an event telling of ``jobs`` is confirmed; raise if it failed."""
-        loop = asyncio.get_running_loop()
-        if kind not in self._open:
-            self._open[kind] = ([], loop.create_future())
-            loop.call_later(self._window_s, self._flush, kind)
-        gathered, sent = self._open[kind]
-        gathered.extend(jobs)
-        if len(gathered) >= self._max_files:
-            self._flush(kind)
-        await asyncio.shield(sent)
+        filling = self._filling(kind)
+        filling.files.extend(jobs)
+        if len(filling.files) >= self._max_files:
+            self._flush(kind, filling)
+        await asyncio.shield(filling.sent)
 
-    def _flush(self, kind: str) -> None:
-        if kind not in self._open:
-            return  # flushed early, when it was full
-        jobs, sent = self._open.pop(kind)
-        task = asyncio.ensure_future(
-            self._broker.publish_event(files_event(kind, self._job_name, jobs)))
-        self._sending.add(task)
-        task.add_done_callback(functools.partial(self._sent, sent))
-
-    def _sent(self, sent: asyncio.Future[None], task: asyncio.Task[None]) -> None:
-        self._sending.discard(task)
-        if sent.done():
-            return
-        if task.cancelled():
-            sent.set_exception(BrokerError("sending a batch's events was cancelled"))
-        elif (exc := task.exception()) is not None:
-            sent.set_exception(exc)
-        else:
-            sent.set_result(None)
+    async def _send(self, key: str, files: list[FetchJob]) -> None:
+        await self._broker.publish_event(files_event(key, self._job_name, files))
 
 
 async def _settle(delivery: Delivery,
