@@ -175,9 +175,9 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
         isinstance(m, FetchJob) and not m.is_dir))
     to_fetch = file_messages + (outbox.messages_for(len(small)) if outbox else 0)
     async with ctx.backlog.room(to_fetch) if to_fetch else contextlib.nullcontext():
-        # Both durable before the folder's page counts as listed.
+        # All durable before the folder's page counts as listed.
         published = await asyncio.gather(
-            ctx.broker.publish(messages), outbox.send(small) if outbox and small else _nothing(),
+            ctx.broker.publish(messages), *([outbox.send(small)] if outbox and small else []),
             return_exceptions=True)
     for result in published:
         if isinstance(result, BaseException):
@@ -198,10 +198,6 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
             ctx.stats.listed_files += 1
             ctx.stats.listed_bytes += item.size
     return "listed"
-
-
-async def _nothing() -> None:
-    return None
 
 
 async def fetch_file(job: FetchJob, ctx: Context) -> Outcome:

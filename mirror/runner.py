@@ -10,7 +10,7 @@ import logging
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -161,14 +161,21 @@ async def _signals(worker: Worker) -> AsyncIterator[None]:
             loop.remove_signal_handler(sig)
 
 
-def fork_fetchers(options: WorkOptions) -> list[Forked]:
-    """The fetch processes of ``options``, forked now: call before the event loop starts,
-    pass them to ``work`` and ``reap`` them after it (those it did not take)."""
+@contextlib.contextmanager
+def forked_fetchers(options: WorkOptions) -> Iterator[list[Forked]]:
+    """The fetch processes of ``options``, forked now: enter before the event loop starts and
+    pass them to ``work``; those it did not take end with the block."""
     if options.processes < 2 or not options.worker.fetches:
-        return []
+        yield []
+        return
     from mirror.fetchpool import fork  # with --processes only (start-up time)
+    from mirror.prefork import reap
 
-    return fork(options.processes)
+    forked = fork(options.processes)
+    try:
+        yield forked
+    finally:
+        reap(forked)
 
 
 async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placement,
@@ -177,7 +184,7 @@ async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placeme
                source_settings: SourceSettings | None = None,
                forked: Sequence[Forked] = ()) -> Outcome:
     """Work the job until it is done or the worker is stopped. ``forked``: fetch processes
-    from ``fork_fetchers`` (else the pool starts its own)."""
+    from ``forked_fetchers`` (else the pool starts its own)."""
     stats = stats or Stats()
     pool: FetchPool | None = None
     if options.processes > 1 and options.worker.fetches:

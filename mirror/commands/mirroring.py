@@ -25,7 +25,6 @@ from mirror.cli import (
 from mirror.disk import Placement
 from mirror.diskpool import disk_pool
 from mirror.placement import build_placement, parse_claim
-from mirror.prefork import reap
 from mirror.ratelimit import Limiter
 
 
@@ -54,12 +53,9 @@ def run(ctx: click.Context, /, source: str, dest: Path, broker: str | None, job_
         source, dest.resolve() if broker is None else None))
     spec = make_spec(name, source, o)
     options = make_work_options(o, make_worker_settings(o), until_idle=True, live=live)
-    forked = runner.fork_fetchers(options)
-    try:
+    with runner.forked_fetchers(options) as forked:
         outcome = run_async(runner.run_job(spec, dest, broker, make_source_settings(ctx, o),
                                            options, state_dir_of(o), forked=forked))
-    finally:
-        reap(forked)
     click.echo(runner.report(outcome))
     return outcome.exit_code
 
@@ -150,11 +146,8 @@ def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path | None,
             await b.close()
             pool.shutdown(wait=False)
 
-    forked = runner.fork_fetchers(options)
-    try:
+    with runner.forked_fetchers(options) as forked:
         outcome = run_async(go())
-    finally:
-        reap(forked)
     click.echo(runner.report(outcome))
     if not until_idle and outcome.fatal is None:
         return 0  # stopped on request; parked files are the job's, reported by its run/status
