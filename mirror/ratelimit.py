@@ -5,10 +5,9 @@ budgets, ``list`` and ``fetch``, each with:
 
 - a token bucket for the configured rate (``--rps`` / ``--list-rps``), or for this worker's share
   of ``--cluster-rps`` (the job's rate divided by the live workers heard through the broker);
-- an adaptive rate (AIMD): on 429/503 the rate drops to 70 % of the rate the source actually
-  answered (honouring Retry-After), then grows again by about 20 % plus one request per second
-  of clean answers, so a run settles just under the source's real limit instead of hammering
-  it.
+- an adaptive rate (``mirror.ratecontrol``) that slows down when the source pushes back
+  because of the rate (a 429/503 share that follows the rate, Retry-After) and not for a steady
+  background of failures that the retries absorb.
 
 Bytes received pass through one shared bandwidth bucket (``--bwlimit``).
 """
@@ -18,18 +17,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
+from mirror.ratecontrol import Pushback, RateController, Reading
 from mirror.stats import REQUEST_SECONDS, Histogram
 
 Budget = Literal["list", "fetch"]
-
-DECREASE = 0.7  # multiplicative decrease on throttling
-INCREASE = 0.20  # growth per second, as a share of the current rate (plus one request)
-MIN_RATE = 0.5  # requests per second: never stop entirely
-COOLDOWN_S = 1.0  # one decrease per congestion event, not one per throttled request
 
 
 @dataclass(frozen=True)
@@ -87,63 +81,6 @@ class TokenBucket:
                 await asyncio.sleep(min(wait, 1.0))
 
 
-class AdaptiveRate:
-    """AIMD on a request rate; ``math.inf`` until the source first pushes back."""
-
-    def __init__(self, ceiling: float = math.inf) -> None:
-        self.ceiling = ceiling  # a fixed limit the rate never exceeds
-        self.rate = ceiling
-        self.throttled = 0
-        self._recent: deque[float] = deque()  # successful answers, last two seconds
-        self._sent: deque[float] = deque()  # requests sent, last two seconds
-        self._last_decrease = -math.inf
-        self._last_increase = time.monotonic()
-        self._hold_until = 0.0
-
-    def _answered(self, now: float) -> float:
-        """Successful answers per second over the last two seconds."""
-        while self._recent and now - self._recent[0] > 2.0:
-            self._recent.popleft()
-        if not self._recent:
-            return 0.0
-        return len(self._recent) / max(0.5, now - self._recent[0])
-
-    def sent(self) -> None:
-        now = time.monotonic()
-        self._sent.append(now)
-        while self._sent and now - self._sent[0] > 2.0:
-            self._sent.popleft()
-
-    def on_success(self) -> None:
-        now = time.monotonic()
-        self._recent.append(now)
-        self._answered(now)
-        elapsed = min(1.0, now - self._last_increase)
-        self._last_increase = now
-        if math.isinf(self.rate) or now < self._hold_until:
-            return
-        self.rate = min(self.ceiling, self.rate * (1 + INCREASE * elapsed) + elapsed)
-
-    def on_throttle(self, retry_after_s: float | None = None) -> None:
-        now = time.monotonic()
-        self.throttled += 1
-        if retry_after_s:
-            self._hold_until = max(self._hold_until, now + retry_after_s)
-        if now - self._last_decrease < COOLDOWN_S:
-            return  # answers to requests sent before the last decrease
-        self._last_decrease = now
-        answered = self._answered(now)
-        # Too few answers to measure (the very start): go by what was sent instead.
-        base = answered if answered >= 5 else max(len(self._sent) / 2.0, 2.0)
-        if not math.isinf(self.rate):
-            base = min(base, self.rate)
-        self.rate = min(self.ceiling, max(MIN_RATE, base * DECREASE))
-
-    @property
-    def holding_s(self) -> float:
-        return max(0.0, self._hold_until - time.monotonic())
-
-
 class Limiter:
     """The request and bandwidth budgets of one worker."""
 
@@ -152,8 +89,8 @@ class Limiter:
         self._share = 1  # live workers of the job, for --cluster-rps
         fixed = {"fetch": settings.rps, "list": settings.list_rps}
         self._fixed = {k: v if v > 0 else math.inf for k, v in fixed.items()}
-        self._adaptive: dict[Budget, AdaptiveRate] = {
-            b: AdaptiveRate(self._ceiling(b)) for b in ("list", "fetch")}
+        self._adaptive: dict[Budget, RateController] = {
+            b: RateController(self._ceiling(b)) for b in ("list", "fetch")}
         self._buckets: dict[Budget, TokenBucket] = {
             b: TokenBucket(self._ceiling(b)) for b in ("list", "fetch")}
         self._cluster = TokenBucket(self._cluster_share())
@@ -178,14 +115,21 @@ class Limiter:
 
     def rate(self, budget: Budget) -> float:
         """The rate this worker holds itself to now (inf: none)."""
-        r = min(self._buckets[budget].rate, self._cluster.rate)
-        return r
+        own = self._adaptive[budget].rate if self.settings.adaptive else self._fixed[budget]
+        return min(own, self._cluster.rate)
 
     def throttled(self, budget: Budget) -> int:
         return self._adaptive[budget].throttled
 
+    def reading(self, budget: Budget) -> Reading:
+        """What the adaptive rate of ``budget`` is doing and why."""
+        return self._adaptive[budget].reading()
+
+    def controller(self, budget: Budget) -> RateController:
+        return self._adaptive[budget]
+
     async def admit(self, budget: Budget) -> None:
-        """Wait until one more request fits the budgets, and count it as sent."""
+        """Wait until one more request fits the budgets."""
         adaptive = self._adaptive[budget]
         if self.settings.adaptive:
             hold = adaptive.holding_s
@@ -194,7 +138,6 @@ class Limiter:
             self._buckets[budget].set_rate(adaptive.rate)
         await self._buckets[budget].take()
         await self._cluster.take()
-        adaptive.sent()
 
     def record(self, budget: Budget, status: int, seconds: float) -> None:
         """One answered request (status 0: no answer: timeout, dropped connection)."""
@@ -206,9 +149,11 @@ class Limiter:
         if self.settings.adaptive:
             self._adaptive[budget].on_success()
 
-    def throttle(self, budget: Budget, retry_after_s: float | None = None) -> None:
+    def throttle(self, budget: Budget, retry_after_s: float | None = None,
+                 kind: Pushback = "rate") -> None:
+        """The source pushed back: ``rate``-wide (429, 503) or for one URI only."""
         a = self._adaptive[budget]
-        a.on_throttle(retry_after_s if self.settings.adaptive else None)
+        a.on_throttle(retry_after_s if self.settings.adaptive else None, kind)
         if self.settings.adaptive:
             self._buckets[budget].set_rate(a.rate)
 
@@ -218,4 +163,4 @@ class Limiter:
 
 UNLIMITED = RateSettings(adaptive=False)
 
-__all__ = ["UNLIMITED", "AdaptiveRate", "Budget", "Limiter", "RateSettings", "TokenBucket"]
+__all__ = ["UNLIMITED", "Budget", "Limiter", "RateSettings", "TokenBucket"]

@@ -23,6 +23,7 @@ from mirror.errors import (
     Stalled,
     TransientError,
 )
+from mirror.ratecontrol import Pushback
 from mirror.ratelimit import UNLIMITED, Budget, Limiter
 from mirror.settings import SourceSettings
 from mirror.sources.direct import DirectBody
@@ -222,8 +223,21 @@ async def metered(limiter: Limiter, budget: Budget, send: Callable[[], Awaitable
     if resp.status < 300:
         limiter.success(budget)
     elif resp.status in (429, 503):
-        limiter.throttle(budget, retry_after_s(resp.headers.get("Retry-After")))
+        limiter.throttle(budget, retry_after_s(resp.headers.get("Retry-After")),
+                         pushback_of(resp))
     return resp
+
+
+# UpYun's "too many requests of the same uri": one file asked for too often (parallel Range
+# requests, quick retries), not a sign that the bucket's rate is too high.
+PER_URI_CODES = frozenset({"42900002"})
+
+
+def pushback_of(resp: Answer) -> Pushback:
+    """Whether a 429/503 speaks of the whole rate or of one URI only."""
+    if resp.status == 429 and resp.headers.get("X-Error-Code", "").strip() in PER_URI_CODES:
+        return "uri"
+    return "rate"
 
 
 class HttpBody:
