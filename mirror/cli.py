@@ -145,12 +145,21 @@ def source_options(f: F) -> F:
 
 def worker_options(f: F) -> F:
     options = [
-        click.option("--concurrency", type=click.IntRange(1, 1024), default=16,
-                     envvar="MIRROR_CONCURRENCY", show_default=True,
-                     help="Simultaneous downloads."),
-        click.option("--list-concurrency", type=click.IntRange(1, 256), default=4,
-                     envvar="MIRROR_LIST_CONCURRENCY", show_default=True,
-                     help="Simultaneous listing requests."),
+        click.option("--concurrency", type=click.IntRange(1, 1024), default=None,
+                     envvar="MIRROR_CONCURRENCY", metavar="N",
+                     help="Simultaneous downloads, fixed. Default: adaptive, from 16 up to "
+                     "--max-concurrency, as far as more transfers bring more throughput."),
+        click.option("--max-concurrency", type=click.IntRange(1, 1024), default=256,
+                     envvar="MIRROR_MAX_CONCURRENCY", show_default=True, metavar="N",
+                     help="The most simultaneous downloads the adaptive limit may reach."),
+        click.option("--list-concurrency", type=click.IntRange(1, 256), default=None,
+                     envvar="MIRROR_LIST_CONCURRENCY", metavar="N",
+                     help="Simultaneous listing requests, fixed. Default: adaptive, from 4 up "
+                     "to --max-list-concurrency."),
+        click.option("--max-list-concurrency", type=click.IntRange(1, 256), default=32,
+                     envvar="MIRROR_MAX_LIST_CONCURRENCY", show_default=True, metavar="N",
+                     help="The most simultaneous listing requests the adaptive limit may "
+                     "reach."),
         click.option("--checksum/--no-checksum", default=True, envvar="MIRROR_CHECKSUM",
                      show_default=True, help="Check MD5 where the source gives one."),
         click.option("--fsync/--no-fsync", default=True, envvar="MIRROR_FSYNC",
@@ -248,19 +257,33 @@ def parse_delays(text: str) -> tuple[float, ...]:
 
 
 def make_source_settings(ctx: click.Context, o: Mapping[str, Any]) -> SourceSettings:
+    w = make_worker_settings(o) if "checksum" in o else WorkerSettings()
     return SourceSettings(
         endpoint=o.get("endpoint"), list_limit=o.get("list_limit", 1000),
         connect_timeout_s=o.get("connect_timeout", 30.0), read_timeout_s=o.get("timeout", 120.0),
         request_retries=o.get("request_retries", 2),
-        max_connections=max(64, o.get("concurrency", 16) + o.get("list_concurrency", 4) + 8),
+        max_connections=max(64, w.most_transfers + w.most_listings + 8),
         env=credentials(ctx),
     )
+
+
+def concurrency_settings(o: Mapping[str, Any]) -> dict[str, Any]:
+    """A given --concurrency or --list-concurrency pins that limit; else it adapts."""
+    defaults = WorkerSettings()
+    fetch, listing = o.get("concurrency"), o.get("list_concurrency")
+    return {
+        "concurrency": fetch or defaults.concurrency, "adaptive_concurrency": fetch is None,
+        "max_concurrency": o.get("max_concurrency") or defaults.max_concurrency,
+        "list_concurrency": listing or defaults.list_concurrency,
+        "adaptive_list_concurrency": listing is None,
+        "max_list_concurrency": o.get("max_list_concurrency") or defaults.max_list_concurrency,
+    }
 
 
 def make_worker_settings(o: Mapping[str, Any], role: str = "all") -> WorkerSettings:
     return WorkerSettings(
         role=role,  # type: ignore[arg-type]
-        concurrency=o["concurrency"], list_concurrency=o["list_concurrency"],
+        **concurrency_settings(o),
         verify_checksum=o["checksum"], fsync=o["fsync"], drain_deadline_s=o["drain_deadline"],
         min_rate_bps=float(o["min_rate"]), stall_window_s=o["stall_window"],
         max_backlog=o["max_backlog"], file_events=o.get("events", True),

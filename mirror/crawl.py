@@ -16,6 +16,7 @@ from typing import Literal
 
 from mirror.batches import FileOutbox, pack
 from mirror.broker import Broker, Topology
+from mirror.concurrency import AdaptiveLimit
 from mirror.disk import Disk, PartFile, Placement, check_name
 from mirror.errors import (
     IntegrityError,
@@ -112,9 +113,10 @@ class Context:
     # fetching (consumer-timeout redelivery, duplicate listing) waits instead of downloading.
     inflight: dict[tuple[str, str], asyncio.Future[None]] = field(default_factory=dict)
     backlog: BacklogGate = field(init=False)
-    # Index pages requested at once (--list-concurrency), whatever the messages in hand carry;
-    # held for the request only (publishing the page's jobs is no load on the source).
-    list_slots: asyncio.Semaphore = field(init=False)
+    # Index pages requested at once (--list-concurrency, or adaptive), whatever the messages
+    # in hand carry; held for the request only (publishing the page's jobs is no load on the
+    # source).
+    list_slots: AdaptiveLimit = field(init=False)
     files: FileOutbox | None = field(init=False)  # None: one message per file
 
     def __post_init__(self) -> None:
@@ -122,7 +124,9 @@ class Context:
         # The gate counts messages; a message carries up to batch_files small files.
         self.backlog = BacklogGate(self.broker, self.topology,
                                    max(1, s.max_backlog // max(1, s.batch_files)))
-        self.list_slots = asyncio.Semaphore(s.list_concurrency)
+        self.list_slots = self.limiter.limit_for("list", s.list_concurrency,
+                                                 s.max_list_concurrency,
+                                                 s.adaptive_list_concurrency)
         self.files = (FileOutbox(self.broker, self.topology, s.batch_files, s.batch_bytes,
                                  s.small_file_max, self._count_message)
                       if s.batch_files > 1 else None)
@@ -137,7 +141,10 @@ class Context:
 
 async def list_dir(job: ListJob, ctx: Context) -> Outcome:
     async with ctx.list_slots:
-        page = await ctx.source.list_page(job.path, job.cursor)
+        try:
+            page = await ctx.source.list_page(job.path, job.cursor)
+        finally:
+            ctx.list_slots.done()
     if job.last is not None and any(e.path == job.last for e in page.entries):
         raise ProtocolError(
             f"listing of {job.path or '/'}: page {job.page + 1} repeats {job.last!r} from the "

@@ -29,7 +29,7 @@ import os
 import sys
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,7 +43,7 @@ from mirror.diskpool import DiskPool, disk_pool
 from mirror.errors import ConfigError, ErrorDetail, MirrorError, SourceUnavailable
 from mirror.jobs import FetchJob, JobSpec, encode_job, job_from_dict
 from mirror.prefork import Forked, ForkedProcess, fork_children, reap
-from mirror.ratelimit import Limiter, RateSettings
+from mirror.ratelimit import Limiter, RateSettings, control_report
 from mirror.settings import SourceSettings, WorkerSettings
 from mirror.stats import Stats
 
@@ -96,7 +96,8 @@ def _reply_for(exc: BaseException) -> dict[str, Any]:
 
 
 class _Child:
-    def __init__(self, index: int, setup: bytes, forked: Forked | None = None) -> None:
+    def __init__(self, index: int, setup: bytes, initial_limit: int,
+                 forked: Forked | None = None) -> None:
         self.index = index
         self._setup = setup
         self._forked = forked  # forked before the loop started: used for the first process
@@ -109,6 +110,8 @@ class _Child:
         self._next = 0
         self._lock = asyncio.Lock()
         self.transferred = 0  # the child's own running total, last reported
+        self.limit = initial_limit  # transfers it allows at once, last reported
+        self.control: dict[str, Any] = {}  # its fetch rate controller, last reported
 
     async def _ensure(self) -> asyncio.subprocess.Process | ForkedProcess:
         proc = self._proc
@@ -198,16 +201,28 @@ class FetchPool:
         setup = {
             "spec": json.loads(spec.to_json()),
             "source": {**dataclasses.asdict(source), "env": dict(source.env)},
+            # Each process adapts its own share of the transfers (mirror.concurrency).
             "worker": {**dataclasses.asdict(worker),
-                       "concurrency": max(1, -(-worker.concurrency // processes))},
+                       "concurrency": max(1, -(-worker.concurrency // processes)),
+                       "max_concurrency": max(1, -(-worker.max_concurrency // processes))},
             "disks": {str(s): str(placement.disk_for(s).root) for s in placement.shards},
             "rates": dataclasses.asdict(share),
         }
         raw = json.dumps(setup).encode()
         spare = [f for f in forked if not f.taken]
-        self._children = [_Child(i, raw, spare[i] if i < len(spare) else None)
+        self._children = [_Child(i, raw, setup["worker"]["concurrency"],
+                                 spare[i] if i < len(spare) else None)
                           for i in range(processes)]
         self._stats = stats
+        self.on_limits: Callable[[], None] | None = None  # the children's limits moved
+
+    def total_limit(self) -> int:
+        """Transfers the children allow at once now, in all."""
+        return sum(c.limit for c in self._children)
+
+    def controls(self) -> list[dict[str, Any]]:
+        """The fetch rate controller of each child, as it last reported."""
+        return [c.control for c in self._children if c.control]
 
     async def start(self) -> None:
         """Start the children now: a child's interpreter and imports (about 0.15 s) then run
@@ -249,6 +264,12 @@ class FetchPool:
             total = int(reply["transferred"])
             self._stats.transferred += max(0, total - child.transferred)
             child.transferred = max(child.transferred, total)
+        if "control" in reply:
+            child.control = reply["control"]
+        if "limit" in reply and reply["limit"] != child.limit:
+            child.limit = int(reply["limit"])
+            if self.on_limits is not None:
+                self.on_limits()
 
     def _outcome(self, job: FetchJob, reply: Mapping[str, Any]) -> Outcome:
         if "error" in reply:
@@ -288,25 +309,41 @@ async def _child_main(requests: IO[bytes], answers: IO[bytes]) -> None:
     if not first:
         return  # forked, and not needed after all
     setup = json.loads(first)
-    pool = disk_pool(int(setup["worker"]["concurrency"]))
+    pool = disk_pool(int(setup["worker"]["max_concurrency"]))
     ctx = _context(setup, pool)
     stats, source = ctx.stats, ctx.source
     transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
                                                         answers)
     out = _Lines(asyncio.StreamWriter(transport, protocol, None, loop))
     tasks: set[asyncio.Task[None]] = set()
-    slots = asyncio.Semaphore(ctx.settings.concurrency)
+    w = ctx.settings
+    slots = ctx.limiter.limit_for("fetch", w.concurrency, w.max_concurrency,
+                                  w.adaptive_concurrency)
+    told: list[object] = [None, None]  # the limit and controller state last sent
 
     async def one(job: FetchJob) -> dict[str, Any]:
         reply: dict[str, Any]
         async with slots:  # a batch holds more files than this process's share of slots
             started = time.monotonic()
+            moved = 0
             try:
-                reply = {"outcome": await fetch_file(job, ctx)}
+                outcome = await fetch_file(job, ctx)
+                reply = {"outcome": outcome}
+                moved = job.size if outcome == "fetched" else 0
             except Exception as exc:
                 reply = _reply_for(exc)
+            finally:
+                slots.done(moved)
             reply["seconds"] = round(time.monotonic() - started, 6)
         return reply
+
+    def news(reply: dict[str, Any]) -> None:
+        """What the worker shows of this process: its limit and rate controller, if moved."""
+        if slots.limit != told[0]:
+            reply["limit"] = told[0] = slots.limit
+        control = control_report(ctx.limiter)
+        if control != told[1]:
+            reply["control"] = told[1] = control
 
     async def handle(ident: int, request: dict[str, Any]) -> None:
         reply: dict[str, Any]
@@ -318,6 +355,7 @@ async def _child_main(requests: IO[bytes], answers: IO[bytes]) -> None:
             job = job_from_dict(request["job"])
             reply = await (one(job) if isinstance(job, FetchJob) else _unexpected(job))
         reply.update(id=ident, transferred=stats.transferred)
+        news(reply)
         await out.send(json.dumps(reply).encode() + b"\n")
 
     try:

@@ -18,8 +18,9 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from mirror.concurrency import AdaptiveLimit
 from mirror.ratecontrol import Pushback, RateController, Reading
 from mirror.stats import REQUEST_SECONDS, Histogram
 
@@ -97,6 +98,8 @@ class Limiter:
         # HTTP requests by (budget, status) and their durations, for metrics.
         self.requests: dict[tuple[str, int], int] = {}
         self.request_seconds = {b: Histogram(REQUEST_SECONDS) for b in ("list", "fetch")}
+        # Time requests spent waiting for the budgets (a transfer holds its slot meanwhile).
+        self.waited_s: dict[Budget, float] = {"list": 0.0, "fetch": 0.0}
         self.bandwidth = TokenBucket(settings.bwlimit_bps,
                                      burst=max(64 * 1024.0, settings.bwlimit_bps / 20))
 
@@ -131,6 +134,7 @@ class Limiter:
     async def admit(self, budget: Budget) -> None:
         """Wait until one more request fits the budgets."""
         adaptive = self._adaptive[budget]
+        started = time.monotonic()
         if self.settings.adaptive:
             hold = adaptive.holding_s
             if hold > 0:
@@ -138,12 +142,22 @@ class Limiter:
             self._buckets[budget].set_rate(adaptive.rate)
         await self._buckets[budget].take()
         await self._cluster.take()
+        self.waited_s[budget] += time.monotonic() - started
 
     def record(self, budget: Budget, status: int, seconds: float) -> None:
         """One answered request (status 0: no answer: timeout, dropped connection)."""
         key = (budget, status)
         self.requests[key] = self.requests.get(key, 0) + 1
         self.request_seconds[budget].observe(seconds)
+
+    def limit_for(self, budget: Budget, initial: int, maximum: int,
+                  adaptive: bool) -> AdaptiveLimit:
+        """Slots for the requests of ``budget``, shrunk to what the allowed rate keeps busy."""
+        limit = AdaptiveLimit(initial, maximum, adaptive=adaptive,
+                              name="listings" if budget == "list" else "transfers")
+        limit.rate_allowed = lambda: self.rate(budget)
+        limit.waited_s = lambda: self.waited_s[budget]
+        return limit
 
     def success(self, budget: Budget) -> None:
         if self.settings.adaptive:
@@ -161,6 +175,14 @@ class Limiter:
         await self.bandwidth.take(n)
 
 
+def control_report(limiter: Limiter, budget: Budget = "fetch") -> dict[str, Any]:
+    """A budget's rate controller as plain data (a fetch process tells its worker)."""
+    r = limiter.reading(budget)
+    return {"state": r.state, "rate": r.rate if math.isfinite(r.rate) else None,
+            "reason": r.reason, "throttled": limiter.throttled(budget),
+            "background": round(r.background_share, 4)}
+
+
 UNLIMITED = RateSettings(adaptive=False)
 
-__all__ = ["UNLIMITED", "Budget", "Limiter", "RateSettings", "TokenBucket"]
+__all__ = ["UNLIMITED", "Budget", "Limiter", "RateSettings", "TokenBucket", "control_report"]

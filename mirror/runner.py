@@ -197,6 +197,9 @@ async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placeme
     worker = Worker(broker, spec, source, placement, options.worker, stats, limiter,
                     fetcher=pool.fetch if pool is not None else None,
                     batch_fetcher=pool.fetch_many if pool is not None else None)
+    if pool is not None:
+        worker.pool_limit = pool.total_limit
+        pool.on_limits = worker.pool_limits_changed
     try:
         if pool is not None:
             await pool.start()
@@ -256,7 +259,7 @@ async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,
               else await connect_broker(broker_url, spec.name))
     limiter = Limiter(options.rates)
     source = source_for(spec, source_settings, limiter)
-    pool = disk_pool(options.worker.concurrency)
+    pool = disk_pool(options.worker.most_transfers)
     try:
         await check_source(source, spec.source)
         spec, what = await seed(broker, spec, initial=initial)

@@ -37,8 +37,14 @@ class SourceSettings:
 @dataclass(frozen=True)
 class WorkerSettings:
     role: Role = "all"
-    concurrency: int = 16  # simultaneous downloads (and the fetch prefetch)
-    list_concurrency: int = 4  # simultaneous listing pages
+    # Simultaneous downloads: where the adaptive limit starts (mirror.concurrency), or what
+    # it is pinned to; it stays within max_concurrency.
+    concurrency: int = 16
+    max_concurrency: int = 256
+    adaptive_concurrency: bool = True
+    list_concurrency: int = 4  # simultaneous listing pages, the same way
+    max_list_concurrency: int = 32
+    adaptive_list_concurrency: bool = True
     chunk_size: int = 1 << 20  # read/write unit for large files
     small_file_max: int = 1 << 20  # bodies up to this size are written in one disk operation
     resume_retries: int = 2  # a body cut mid-way is resumed in place this often before a retry
@@ -60,6 +66,15 @@ class WorkerSettings:
     batch_files: int = 32
     batch_bytes: int = 32 << 20
     file_events: bool = True  # one confirmed event per file on the job's events exchange
+
+    @property
+    def most_transfers(self) -> int:
+        """The most downloads that can run at once (what pools and connections are sized for)."""
+        return self.max_concurrency if self.adaptive_concurrency else self.concurrency
+
+    @property
+    def most_listings(self) -> int:
+        return self.max_list_concurrency if self.adaptive_list_concurrency else self.list_concurrency
 
     @property
     def lists(self) -> bool:

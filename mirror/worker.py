@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from mirror.batches import FileDelivery, split_batches
 from mirror.broker import Broker, Consumer, Delivery, Handler, Topology
+from mirror.concurrency import AdaptiveLimit
 from mirror.control import Presence, job_done
 from mirror.crawl import Context, Outcome, describe, fetch_file, list_dir
 from mirror.disk import Placement
@@ -59,7 +60,7 @@ class Worker:
         # its files); each file's outcome is then settled here as if fetched one by one.
         self._fetch_batch = batch_fetcher
         self._batch_slots = asyncio.Semaphore(
-            max(2, -(-2 * settings.concurrency // max(1, settings.batch_files))))
+            max(2, -(-2 * settings.most_transfers // max(1, settings.batch_files))))
         self._held = 0
         # Messages taken and not yet acked, released or retried. A batch's ack comes after its
         # files are settled (it waits for their shared event), so the last message can still
@@ -75,7 +76,21 @@ class Worker:
         # (the polling interval was most of the run time of a small embedded job).
         self._wake = asyncio.Event()
         self._stopping = False
-        self._fetch_slots = asyncio.Semaphore(settings.concurrency)
+        # Transfers at once: adaptive here, or, with fetch processes, in each of them (the
+        # pool says how many they take in all, ``prefetch_wanted``).
+        self._fetch_slots = (
+            AdaptiveLimit(settings.most_transfers, settings.most_transfers, adaptive=False)
+            if fetcher is not None else
+            self.limiter.limit_for("fetch", settings.concurrency, settings.max_concurrency,
+                                   settings.adaptive_concurrency))
+        self._fetch_slots.changed = self._limit_changed
+        self.ctx.list_slots.changed = self._limit_changed
+        self._prefetch: dict[str, int] = {}  # queue -> prefetch asked of its consumer
+        self._fetch_consumers: list[tuple[str, Consumer]] = []
+        self._list_consumer: Consumer | None = None
+        self._prefetch_task: asyncio.Task[None] | None = None
+        # With fetch processes: the transfers they allow now in all (None: no processes).
+        self.pool_limit: Callable[[], int] | None = None
         self.presence = Presence(broker, settings.role, self.queues, self.snapshot,
                                  settings.presence_interval_s, on_stop=self.request_stop,
                                  counts=self.counts, on_idle_peer=self._wake.set)
@@ -119,12 +134,18 @@ class Worker:
         await self.presence.start()
         try:
             for queue in self.queues:
-                prefetch = (self.settings.list_concurrency if queue == self.topology.list_queue
-                            else self.settings.concurrency)
+                listing = queue == self.topology.list_queue
+                prefetch = self._list_prefetch() if listing else self._fetch_prefetch()
+                self._prefetch[queue] = prefetch
                 handler = self._counted(split_batches(
                     self._deliver, self.broker, self.spec.name,
                     self._deliver_files if self._fetch_batch else None))
-                self._consumers.append(await self.broker.consume(queue, prefetch, handler))
+                consumer = await self.broker.consume(queue, prefetch, handler)
+                self._consumers.append(consumer)
+                if listing:
+                    self._list_consumer = consumer
+                else:
+                    self._fetch_consumers.append((queue, consumer))
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(),
@@ -140,6 +161,41 @@ class Worker:
             await self.presence.stop()
         if self.fatal is not None:
             raise self.fatal
+
+    def _list_prefetch(self) -> int:
+        return self.ctx.list_slots.limit
+
+    def _fetch_prefetch(self) -> int:
+        """Messages to hold: enough to keep every transfer slot busy (a message holds at least
+        one file), and no more, since held messages age towards the consumer timeout and
+        are out of reach of other workers."""
+        if self.pool_limit is not None:
+            return self.pool_limit() + max(2, self.pool_limit() // 4)
+        return self._fetch_slots.limit
+
+    def _limit_changed(self, _limit: int) -> None:
+        """A concurrency limit moved: let the consumers' prefetch follow (in the background,
+        as a broker round trip)."""
+        if self._prefetch_task is None or self._prefetch_task.done():
+            self._prefetch_task = asyncio.get_running_loop().create_task(self._set_prefetch())
+
+    def pool_limits_changed(self) -> None:
+        self._limit_changed(0)
+
+    async def _set_prefetch(self) -> None:
+        while not self._stopping:  # until no limit moved while the last change went out
+            wanted = [(queue, consumer, self._fetch_prefetch())
+                      for queue, consumer in self._fetch_consumers]
+            if self._list_consumer is not None:
+                wanted.append((self.topology.list_queue, self._list_consumer,
+                               self._list_prefetch()))
+            stale = [(q, c, n) for q, c, n in wanted if self._prefetch.get(q) != n]
+            if not stale:
+                return
+            for queue, consumer, prefetch in stale:
+                self._prefetch[queue] = prefetch
+                with contextlib.suppress(MirrorError):
+                    await consumer.set_prefetch(prefetch)
 
     async def _finished(self) -> None:
         """Tell followers of the job's events that it is done (the listing worker does)."""
@@ -256,7 +312,12 @@ class Worker:
                 if not isinstance(job, FetchJob):  # batches are split before they get here
                     raise TypeError(f"unexpected {type(job).__name__} in the file handler")
                 async with self._fetch_slots:
-                    outcome = await self._fetch(job)
+                    moved = 0
+                    try:
+                        outcome = await self._fetch(job)
+                        moved = job.size if outcome == "fetched" else 0
+                    finally:
+                        self._fetch_slots.done(moved)
         except asyncio.CancelledError:
             await asyncio.shield(self._settle(delivery.release()))
             raise

@@ -125,6 +125,10 @@ ControlCallback = Callable[[dict[str, Any]], None]
 class Consumer(Protocol):
     async def cancel(self) -> None: ...
 
+    async def set_prefetch(self, prefetch: int) -> None:
+        """Hold up to ``prefetch`` unsettled deliveries from now on (the concurrency moved)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ParkedJob:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirror.broker import ControlCallback, Handler, ParkedJob, QueueDepth, Topology
+from mirror.concurrency import Slots
 from mirror.errors import ConfigError
 from mirror.jobs import Job, JobSpec, Reason
 
@@ -47,9 +48,7 @@ class _Queue:
 
 
 class _Delivery:
-    def __init__(
-        self, broker: MemoryBroker, queue: _Queue, msg: _Message, slot: asyncio.Semaphore
-    ) -> None:
+    def __init__(self, broker: MemoryBroker, queue: _Queue, msg: _Message, slot: Slots) -> None:
         self._broker = broker
         self._queue = queue
         self._msg = msg
@@ -90,9 +89,13 @@ class _Delivery:
 
 
 class _Consumer:
-    def __init__(self, queue: _Queue, task: asyncio.Task[None]) -> None:
+    def __init__(self, queue: _Queue, task: asyncio.Task[None], slots: Slots) -> None:
         self._queue = queue
         self._task = task
+        self._slots = slots
+
+    async def set_prefetch(self, prefetch: int) -> None:
+        self._slots.resize(prefetch)
 
     async def cancel(self) -> None:
         if not self._task.done():
@@ -154,11 +157,11 @@ class MemoryBroker:
         if q is None:
             raise ConfigError(f"no queue {queue!r} in this job")
         q.consumers += 1
-        task = asyncio.create_task(self._consume(q, max(1, prefetch), handler))
-        return _Consumer(q, task)
+        slots = Slots(prefetch)
+        task = asyncio.create_task(self._consume(q, slots, handler))
+        return _Consumer(q, task, slots)
 
-    async def _consume(self, q: _Queue, prefetch: int, handler: Handler) -> None:
-        slot = asyncio.Semaphore(prefetch)
+    async def _consume(self, q: _Queue, slot: Slots, handler: Handler) -> None:
         while True:
             await slot.acquire()
             while not q.items:

@@ -158,6 +158,14 @@ class _Consumer:
         except _RECOVERABLE as exc:
             log.debug("cancel of consumer %s failed: %s", self._tag, exc)
 
+    async def set_prefetch(self, prefetch: int) -> None:
+        # basic.qos applies to the deliveries that follow; the robust channel keeps it for
+        # its reconnects. A broker that is away now misses this one; the next change comes.
+        try:
+            await self._channel.set_qos(prefetch_count=max(1, prefetch))
+        except _RECOVERABLE as exc:
+            log.debug("prefetch of consumer %s not changed: %s", self._tag, exc)
+
 
 class RabbitBroker:
     def __init__(self, url: str, job: str, publisher: AbstractRobustConnection,

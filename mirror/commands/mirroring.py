@@ -128,7 +128,7 @@ def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path | None,
 
     async def go() -> runner.Outcome:
         b = await runner.connect_broker(broker, runner.check_job_name(job_name), role)
-        pool = disk_pool(settings.concurrency)
+        pool = disk_pool(settings.most_transfers)
         try:
             spec = await b.attach()
             placement = (await build_placement(claims, dest, spec.shards, fsync=settings.fsync,
