@@ -301,6 +301,52 @@ def _context(setup: Mapping[str, Any], pool: DiskPool) -> Context:
                    Stats(), limiter)
 
 
+class _Fetcher:
+    """A fetch process's side: its files run within its own adaptive share of transfers."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        w = ctx.settings
+        self.slots = ctx.limiter.limit_for("fetch", w.concurrency, w.max_concurrency,
+                                           w.adaptive_concurrency)
+        self._told: tuple[int | None, dict[str, Any] | None] = (None, None)
+
+    async def one(self, job: FetchJob) -> dict[str, Any]:
+        reply: dict[str, Any]
+        async with self.slots:  # a batch holds more files than this process's share of slots
+            started = time.monotonic()
+            moved = 0
+            try:
+                outcome = await fetch_file(job, self.ctx)
+                reply = {"outcome": outcome}
+                moved = job.size if outcome == "fetched" else 0
+            except Exception as exc:
+                reply = _reply_for(exc)
+            finally:
+                self.slots.done(moved)
+            reply["seconds"] = round(time.monotonic() - started, 6)
+        return reply
+
+    async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        reply: dict[str, Any]
+        if "jobs" in request:
+            jobs = [job_from_dict(j) for j in request["jobs"]]
+            reply = {"results": await asyncio.gather(*(
+                self.one(j) if isinstance(j, FetchJob) else _unexpected(j) for j in jobs))}
+        else:
+            job = job_from_dict(request["job"])
+            reply = await (self.one(job) if isinstance(job, FetchJob) else _unexpected(job))
+        reply.update(id=request["id"], transferred=self.ctx.stats.transferred)
+        # What the worker shows of this process: its limit and rate controller, when moved.
+        limit, control = self.slots.limit, control_report(self.ctx.limiter)
+        if limit != self._told[0]:
+            reply["limit"] = limit
+        if control != self._told[1]:
+            reply["control"] = control
+        self._told = (limit, control)
+        return reply
+
+
 async def _child_main(requests: IO[bytes], answers: IO[bytes]) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=LINE_LIMIT)
@@ -311,63 +357,25 @@ async def _child_main(requests: IO[bytes], answers: IO[bytes]) -> None:
     setup = json.loads(first)
     pool = disk_pool(int(setup["worker"]["max_concurrency"]))
     ctx = _context(setup, pool)
-    stats, source = ctx.stats, ctx.source
+    fetcher = _Fetcher(ctx)
     transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
                                                         answers)
     out = _Lines(asyncio.StreamWriter(transport, protocol, None, loop))
     tasks: set[asyncio.Task[None]] = set()
-    w = ctx.settings
-    slots = ctx.limiter.limit_for("fetch", w.concurrency, w.max_concurrency,
-                                  w.adaptive_concurrency)
-    told: list[object] = [None, None]  # the limit and controller state last sent
 
-    async def one(job: FetchJob) -> dict[str, Any]:
-        reply: dict[str, Any]
-        async with slots:  # a batch holds more files than this process's share of slots
-            started = time.monotonic()
-            moved = 0
-            try:
-                outcome = await fetch_file(job, ctx)
-                reply = {"outcome": outcome}
-                moved = job.size if outcome == "fetched" else 0
-            except Exception as exc:
-                reply = _reply_for(exc)
-            finally:
-                slots.done(moved)
-            reply["seconds"] = round(time.monotonic() - started, 6)
-        return reply
-
-    def news(reply: dict[str, Any]) -> None:
-        """What the worker shows of this process: its limit and rate controller, if moved."""
-        if slots.limit != told[0]:
-            reply["limit"] = told[0] = slots.limit
-        control = control_report(ctx.limiter)
-        if control != told[1]:
-            reply["control"] = told[1] = control
-
-    async def handle(ident: int, request: dict[str, Any]) -> None:
-        reply: dict[str, Any]
-        if "jobs" in request:
-            jobs = [job_from_dict(j) for j in request["jobs"]]
-            reply = {"results": await asyncio.gather(*(
-                one(j) if isinstance(j, FetchJob) else _unexpected(j) for j in jobs))}
-        else:
-            job = job_from_dict(request["job"])
-            reply = await (one(job) if isinstance(job, FetchJob) else _unexpected(job))
-        reply.update(id=ident, transferred=stats.transferred)
-        news(reply)
+    async def handle(request: dict[str, Any]) -> None:
+        reply = await fetcher.answer(request)
         await out.send(json.dumps(reply).encode() + b"\n")
 
     try:
         while line := await reader.readline():
-            request = json.loads(line)
-            task = asyncio.create_task(handle(int(request["id"]), request))
+            task = asyncio.create_task(handle(json.loads(line)))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
     finally:
-        await source.close()
+        await ctx.source.close()
         pool.shutdown(wait=True)
 
 

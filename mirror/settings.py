@@ -74,7 +74,8 @@ class WorkerSettings:
 
     @property
     def most_listings(self) -> int:
-        return self.max_list_concurrency if self.adaptive_list_concurrency else self.list_concurrency
+        adaptive = self.adaptive_list_concurrency
+        return self.max_list_concurrency if adaptive else self.list_concurrency
 
     @property
     def lists(self) -> bool:
