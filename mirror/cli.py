@@ -122,6 +122,29 @@ class SizeType(click.ParamType[int]):
 SIZE = SizeType()
 
 
+class ProcessesType(click.ParamType[int]):
+    """A number of fetch processes, or ``auto`` (0 here)."""
+
+    name = "processes"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return 0
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of processes nor 'auto'", param, ctx)
+        if not 1 <= number <= 64:
+            self.fail(f"{number} is not between 1 and 64", param, ctx)
+        return number
+
+
+PROCESSES = ProcessesType()
+
+
 def source_options(f: F) -> F:
     options = [
         click.option("--endpoint", envvar="MIRROR_ENDPOINT", metavar="URL",
@@ -205,10 +228,11 @@ def worker_options(f: F) -> F:
         click.option("--metrics-linger", type=click.FloatRange(0), default=0.0,
                      envvar="MIRROR_METRICS_LINGER", metavar="S",
                      help="Keep serving metrics this long after the work ends (a last scrape)."),
-        click.option("--processes", type=click.IntRange(1, 64), default=1,
-                     envvar="MIRROR_PROCESSES", show_default=True,
-                     help="Fetch in N child processes (one per core for many small files); "
-                     "the queue, listing and error policy stay in this one."),
+        click.option("--processes", type=PROCESSES, default="auto",
+                     envvar="MIRROR_PROCESSES", show_default=True, metavar="N|auto",
+                     help="Fetch in N child processes; the queue, listing and error policy "
+                     "stay in this one. auto: one per usable core (CPU affinity and cgroup "
+                     "quota), used once the job has 1,000 files or 256 MiB in sight."),
         click.option("--events/--no-events", default=True, envvar="MIRROR_EVENTS",
                      show_default=True, help="Publish an event per file (fetched, skipped, "
                      "parked) to the job's events exchange (`mirror watch`)."),
@@ -293,10 +317,19 @@ def make_worker_settings(o: Mapping[str, Any], role: str = "all") -> WorkerSetti
 
 def make_work_options(o: Mapping[str, Any], settings: WorkerSettings, *, until_idle: bool,
                       live: bool) -> WorkOptions:
+    rates = make_rate_settings(o)
+    processes = o.get("processes", 1)
+    auto = processes == 0
+    if auto:
+        from mirror.cpus import usable_cpus
+
+        # --cluster-rps is kept by one process's limiter (the fetch processes cannot share it
+        # yet), and a lister fetches nothing.
+        processes = usable_cpus() if not rates.cluster_rps and settings.fetches else 1
     return WorkOptions(settings, until_idle=until_idle, live_progress=live,
-                       rates=make_rate_settings(o), metrics_addr=o.get("metrics_addr"),
+                       rates=rates, metrics_addr=o.get("metrics_addr"),
                        metrics_linger_s=o.get("metrics_linger", 0.0),
-                       processes=o.get("processes", 1))
+                       processes=processes, processes_auto=auto and processes > 1)
 
 
 def make_rate_settings(o: Mapping[str, Any]) -> RateSettings:

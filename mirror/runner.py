@@ -73,6 +73,8 @@ class WorkOptions:
     metrics_addr: str | None = None  # HOST:PORT for /metrics; None: no exporter
     metrics_linger_s: float = 0.0  # keep serving after the end, for a last scrape
     processes: int = 1  # fetch in this many child processes (mirror.fetchpool); 1: in-process
+    # --processes auto: ``processes`` is what the cores allow, used once the job is big enough.
+    processes_auto: bool = False
 
 
 async def connect_broker(url: str | None, job: str, role: str = "all") -> Broker:
@@ -194,11 +196,9 @@ async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placeme
 
         pool = FetchPool(options.processes, spec, source_settings, options.worker, placement,
                          options.rates, stats, forked)
-    worker = Worker(broker, spec, source, placement, options.worker, stats, limiter,
-                    fetcher=pool.fetch if pool is not None else None,
-                    batch_fetcher=pool.fetch_many if pool is not None else None)
+    worker = Worker(broker, spec, source, placement, options.worker, stats, limiter, pool,
+                    pool_when_needed=options.processes_auto)
     if pool is not None:
-        worker.pool_limit = pool.total_limit
         pool.on_limits = worker.pool_limits_changed
     try:
         if pool is not None:

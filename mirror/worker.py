@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from typing import Protocol
 
 from mirror.batches import FileDelivery, split_batches
 from mirror.broker import Broker, Consumer, Delivery, Handler, Topology
@@ -34,16 +35,30 @@ from mirror.sources import Source
 from mirror.stats import Stats
 
 log = logging.getLogger(__name__)
-# Fetches many files at once; one outcome or error per file, in order.
-BatchFetcher = Callable[[list[FetchJob]], Awaitable[list[Outcome | BaseException]]]
+# With --processes auto, files are fetched here until the job shows this much work.
+ENGAGE_FILES = 1000
+ENGAGE_BYTES = 256 << 20
+
+
+class Pool(Protocol):
+    """Fetch processes (``mirror.fetchpool.FetchPool``)."""
+
+    async def fetch(self, job: FetchJob) -> Outcome: ...
+
+    async def fetch_many(self, jobs: list[FetchJob]) -> list[Outcome | BaseException]:
+        """Many files at once; one outcome or error per file, in order."""
+        ...
+
+    def total_limit(self) -> int:
+        """Transfers the processes allow at once now, in all."""
+        ...
 
 
 class Worker:
     def __init__(self, broker: Broker, spec: JobSpec, source: Source, placement: Placement,
                  settings: WorkerSettings, stats: Stats | None = None,
-                 limiter: Limiter | None = None,
-                 fetcher: Callable[[FetchJob], Awaitable[Outcome]] | None = None,
-                 batch_fetcher: BatchFetcher | None = None) -> None:
+                 limiter: Limiter | None = None, pool: Pool | None = None,
+                 pool_when_needed: bool = False) -> None:
         self.broker = broker
         self.spec = spec
         self.topology = Topology(spec)
@@ -53,12 +68,13 @@ class Worker:
         self.ctx = Context(spec, self.topology, source, broker, placement, settings, self.stats,
                            self.limiter)
         self.fatal: FatalError | None = None
-        # Where files are fetched: here, or in child processes (mirror.fetchpool).
-        self._fetch: Callable[[FetchJob], Awaitable[Outcome]] = (
-            fetcher or (lambda job: fetch_file(job, self.ctx)))
-        # Child processes take a batch message whole (one request and one answer for all
-        # its files); each file's outcome is then settled here as if fetched one by one.
-        self._fetch_batch = batch_fetcher
+        # Where files are fetched: here, or in child processes (mirror.fetchpool), which
+        # take a batch message whole (one request and one answer for all its files; each
+        # file's outcome is then settled here as if fetched one by one). With
+        # ``pool_when_needed`` (--processes auto) they are used once the job shows enough
+        # work to gain from them: a small job is done here, without the hand-offs.
+        self._pool = pool
+        self._pooled = pool is not None and not pool_when_needed
         self._batch_slots = asyncio.Semaphore(
             max(2, -(-2 * settings.most_transfers // max(1, settings.batch_files))))
         self._held = 0
@@ -77,20 +93,18 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         # Transfers at once: adaptive here, or, with fetch processes, in each of them (the
-        # pool says how many they take in all, ``prefetch_wanted``).
-        self._fetch_slots = (
-            AdaptiveLimit(settings.most_transfers, settings.most_transfers, adaptive=False)
-            if fetcher is not None else
-            self.limiter.limit_for("fetch", settings.concurrency, settings.max_concurrency,
-                                   settings.adaptive_concurrency))
+        # pool says how many they take in all).
+        self._fetch_slots = self.limiter.limit_for(
+            "fetch", settings.concurrency, settings.max_concurrency,
+            settings.adaptive_concurrency)
         self._fetch_slots.changed = self._limit_changed
+        self._pool_slots = AdaptiveLimit(settings.most_transfers, settings.most_transfers,
+                                         adaptive=False)
         self.ctx.list_slots.changed = self._limit_changed
         self._prefetch: dict[str, int] = {}  # queue -> prefetch asked of its consumer
         self._fetch_consumers: list[tuple[str, Consumer]] = []
         self._list_consumer: Consumer | None = None
         self._prefetch_task: asyncio.Task[None] | None = None
-        # With fetch processes: the transfers they allow now in all (None: no processes).
-        self.pool_limit: Callable[[], int] | None = None
         self.presence = Presence(broker, settings.role, self.queues, self.snapshot,
                                  settings.presence_interval_s, on_stop=self.request_stop,
                                  counts=self.counts, on_idle_peer=self._wake.set)
@@ -139,7 +153,7 @@ class Worker:
                 self._prefetch[queue] = prefetch
                 handler = self._counted(split_batches(
                     self._deliver, self.broker, self.spec.name,
-                    self._deliver_files if self._fetch_batch else None))
+                    self._deliver_files if self._pool is not None else None))
                 consumer = await self.broker.consume(queue, prefetch, handler)
                 self._consumers.append(consumer)
                 if listing:
@@ -169,9 +183,22 @@ class Worker:
         """Messages to hold: enough to keep every transfer slot busy (a message holds at least
         one file), and no more, since held messages age towards the consumer timeout and
         are out of reach of other workers."""
-        if self.pool_limit is not None:
-            return self.pool_limit() + max(2, self.pool_limit() // 4)
+        if self._pool is not None and self._pooled:
+            total = self._pool.total_limit()
+            return total + max(2, total // 4)
         return self._fetch_slots.limit
+
+    def _use_pool(self) -> bool:
+        if self._pooled or self._pool is None:
+            return self._pooled
+        s = self.stats
+        if (max(s.listed_files, self._taken) >= ENGAGE_FILES
+                or s.listed_bytes + s.fetched_bytes >= ENGAGE_BYTES):
+            log.info("fetching in %s from now on: the job has %d files in sight",
+                     "the fetch processes", max(s.listed_files, self._taken))
+            self._pooled = True
+            self._limit_changed(0)
+        return self._pooled
 
     def _limit_changed(self, _limit: int) -> None:
         """A concurrency limit moved: let the consumers' prefetch follow (in the background,
@@ -266,7 +293,10 @@ class Worker:
 
     async def _deliver_files(self, parts: list[FileDelivery]) -> None:
         """The files of one batch message, fetched as one request to the fetch processes."""
-        assert self._fetch_batch is not None
+        assert self._pool is not None
+        if not self._use_pool():
+            await asyncio.gather(*(self._deliver(part) for part in parts))
+            return
         if self._stopping:
             for part in parts:
                 await part.release()
@@ -279,7 +309,7 @@ class Worker:
         try:
             try:
                 async with self._batch_slots:
-                    results = await self._fetch_batch([p.job for p in parts])
+                    results = await self._pool.fetch_many([p.job for p in parts])
             except asyncio.CancelledError:
                 for part in parts:
                     await asyncio.shield(self._settle(part.release()))
@@ -311,13 +341,17 @@ class Worker:
             else:
                 if not isinstance(job, FetchJob):  # batches are split before they get here
                     raise TypeError(f"unexpected {type(job).__name__} in the file handler")
-                async with self._fetch_slots:
-                    moved = 0
-                    try:
-                        outcome = await self._fetch(job)
-                        moved = job.size if outcome == "fetched" else 0
-                    finally:
-                        self._fetch_slots.done(moved)
+                if self._pool is not None and self._use_pool():
+                    async with self._pool_slots:  # the processes adapt their own slots
+                        outcome = await self._pool.fetch(job)
+                else:
+                    async with self._fetch_slots:
+                        moved = 0
+                        try:
+                            outcome = await fetch_file(job, self.ctx)
+                            moved = job.size if outcome == "fetched" else 0
+                        finally:
+                            self._fetch_slots.done(moved)
         except asyncio.CancelledError:
             await asyncio.shield(self._settle(delivery.release()))
             raise

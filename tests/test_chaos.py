@@ -33,11 +33,10 @@ async def start_worker(url: str, job: str, dest: Path, state: Path, log: Path,
     try:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mirror", "-v", "work", "--job", job, "--broker", url,
-            "--dest", str(dest), "--until-idle", "--concurrency", str(CONCURRENCY),
+            # The adaptive limit stays on, within a bound that bounds the duplicates too.
+            "--dest", str(dest), "--until-idle", "--max-concurrency", str(CONCURRENCY),
             "--request-retries", "0", "--no-progress", "--state-dir", str(state),
-            "--drain-deadline", "5",
-            # Faults here are a fixed share whatever the rate; adaptive backoff would crawl.
-            "--no-adaptive", env=env, stdout=out, stderr=out)
+            "--drain-deadline", "5", env=env, stdout=out, stderr=out)
     finally:
         out.close()
 

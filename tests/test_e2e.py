@@ -43,12 +43,12 @@ async def mirror_bucket(bucket: BucketInfo, dest: Path, state: Path, job: str,
         # retry tiers, the path this test is about.
         settings = SourceSettings(endpoint=fake.url, list_limit=100, env=CREDENTIALS,
                                   request_retries=0 if faulted else 2)
-        worker = WorkerSettings(concurrency=16, resume_retries=0 if faulted else 2)
-        # The fake answers a fixed share of requests 429/503 whatever the rate, which adaptive
-        # backoff (tested in test_ratelimit) would answer by crawling at a few requests/s.
-        rates = RateSettings(adaptive=not faulted)
+        # The fake answers a fixed share of requests 429/503 whatever the rate: the adaptive
+        # rate and concurrency (on, as by default) must see that it is not the rate's doing.
+        worker = WorkerSettings(resume_retries=0 if faulted else 2)
         outcome = await run_job(spec, dest, broker_url, settings,
-                                WorkOptions(worker, until_idle=True, rates=rates), state)
+                                WorkOptions(worker, until_idle=True, rates=RateSettings()),
+                                state)
         return Run(outcome, fake.stats.to_dict())
 
 

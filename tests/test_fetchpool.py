@@ -71,7 +71,7 @@ async def test_two_processes_with_faults_and_a_killed_child(small_bucket: Bucket
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mirror", "run", f"upyun://{BUCKET}/", str(dest),
             "--endpoint", fake.url, "--processes", "2", "--concurrency", "4",
-            "--list-limit", "10", "--request-retries", "0", "--no-adaptive",
+            "--list-limit", "10", "--request-retries", "0",
             "--retry-delays", "0.2,0.5,1", "--max-attempts", "8", "--no-progress",
             "--state-dir", str(tmp_path / "state"), env={**os.environ, **CREDENTIALS},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

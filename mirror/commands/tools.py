@@ -148,6 +148,9 @@ def ls(ctx: click.Context, /, source: str, recursive: bool, long_format: bool, *
               help="Share of first attempts whose body is cut short.")
 @click.option("--fault-drop", type=click.FloatRange(0, 1), default=0.0,
               help="Share of first attempts whose connection is dropped.")
+@click.option("--fault-random", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of first attempts that fail as a real bucket's do: listings 429, "
+              "files 503 or cut short.")
 @click.option("--latency", type=click.FloatRange(0), default=0.0, metavar="S",
               help="Added before every response.")
 @click.option("--body-rate", type=SIZE, default="0", metavar="RATE",
@@ -157,7 +160,8 @@ def ls(ctx: click.Context, /, source: str, recursive: bool, long_format: bool, *
 def fake_upyun(ctx: click.Context, /, root: Path | None, synthetic: int | None, max_size: int,
                host: str, port: int, bucket: str, operator: str,
                password: str, fault_429: float, fault_503: float, fault_truncate: float,
-               fault_drop: float, latency: float, body_rate: int, seed: int) -> int:
+               fault_drop: float, fault_random: float, latency: float, body_rate: int,
+               seed: int) -> int:
     """Serve folder ROOT as an UpYun bucket (a faithful fake of the REST API, for tests)."""
     from mirror.testing.fake_upyun import Faults, run_fake_server
     from mirror.testing.synthetic import SyntheticBucket
@@ -168,10 +172,11 @@ def fake_upyun(ctx: click.Context, /, root: Path | None, synthetic: int | None, 
                if synthetic is not None else None)
 
     start_logging(ctx, False)
-    if fault_429 + fault_503 + fault_truncate + fault_drop > 1:
+    if fault_429 + fault_503 + fault_truncate + fault_drop + fault_random > 1:
         raise ConfigError("the fault shares add up to more than 1")
     faults = Faults(rate_429=fault_429, rate_503=fault_503, rate_truncate=fault_truncate,
-                    rate_drop=fault_drop, latency_s=latency, seed=seed,
+                    rate_drop=fault_drop, rate_random=fault_random, latency_s=latency,
+                    seed=seed,
                     body_rate_bps=float(body_rate))
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         run_async(run_fake_server(root or Path("."), host=host, port=port, bucket=bucket,

@@ -54,6 +54,9 @@ class Faults:
     rate_503: float = 0.0
     rate_truncate: float = 0.0  # full Content-Length, part of the body, then the line drops
     rate_drop: float = 0.0  # the connection closes before any response
+    # Failures as a real bucket has them, whatever the rate: a listing answered 429 (per
+    # bucket), a file answered 503 "read upstream timeout" or cut short (half each).
+    rate_random: float = 0.0
     latency_s: float = 0.0  # before every response
     seed: int = 0
     body_rate_bps: float = 0.0  # bodies sent no faster than this (0: as fast as possible)
@@ -309,7 +312,7 @@ class FakeUpyun:
     def _fault(self, method: str, key: str, list_iter: str = "") -> str | None:
         """The fault for this request, decided once per (method, path, iter) and seed."""
         f = self.faults
-        if not (f.rate_429 or f.rate_503 or f.rate_truncate or f.rate_drop):
+        if not (f.rate_429 or f.rate_503 or f.rate_truncate or f.rate_drop or f.rate_random):
             return None
         ident = f"{method}|{key}|{list_iter}"
         if ident in self._seen:
@@ -323,6 +326,11 @@ class FakeUpyun:
                 self.stats.faults[name] += 1
                 return name
             u -= share
+        if u < f.rate_random:
+            name = ("429" if method == "LIST" else
+                    "503" if method == "HEAD" or digest[-1] & 1 else "truncate")
+            self.stats.faults[name] += 1
+            return name
         return None
 
     def _simple_fault(self, fault: str | None, request: web.Request,
@@ -413,7 +421,7 @@ class FakeUpyun:
 
     async def _list(self, request: web.Request, key: str, path: Path) -> web.StreamResponse:
         token = request.headers.get("x-list-iter") or None
-        fault = self._fault("GET", key, token or "")
+        fault = self._fault("LIST", key, token or "")
         answer = self._simple_fault(fault, request, False)
         if answer is not None:
             return answer
