@@ -35,7 +35,9 @@ from typing import Literal
 log = logging.getLogger(__name__)
 Phase = Literal["start-up", "steady", "pinned"]
 
-EPOCH_MIN_S = 0.5
+EPOCH_MIN_S = 0.5  # the longest an epoch must be; it is shorter for quick transfers
+EPOCH_FLOOR_S = 0.1
+TURNS_PER_EPOCH = 4  # an epoch lasts this many times the time a transfer holds its slot
 EPOCH_MAX_S = 5.0
 SATURATED = 0.6  # share of an epoch with work waiting for a slot, for the epoch to count
 STARTUP_GAIN = 1.2
@@ -122,6 +124,7 @@ class AdaptiveLimit:
         self._bytes = 0
         self._waited_mark = 0.0
         self._rate_cap: float = math.inf
+        self._epoch_s = EPOCH_MIN_S
         self._counted = 0  # epochs that counted since the last probe
         self._probes = 0
         self._last: _Epoch | None = None  # the last epoch that counted
@@ -153,14 +156,19 @@ class AdaptiveLimit:
             return
         now = self._now()
         span = now - self._epoch_start
-        if span < EPOCH_MIN_S or (self._done < max(8, self.limit // 2) and span < EPOCH_MAX_S):
+        if span < self._epoch_s or (self._done < max(8, self.limit // 2)
+                                    and span < EPOCH_MAX_S):
             return
         self._account()
         epoch = _Epoch(self.limit, self._done / span, self._bytes / span)
         saturated = self._saturated_s / span
         waited = self.waited_s()
+        turn_s = self._held_s / self._done
         each_s = max(0.0, self._held_s - (waited - self._waited_mark)) / self._done
         self._waited_mark = waited
+        # A few turns of a slot make an epoch: 0.24 s for a source 60 ms away, where half a
+        # second per step made the climb from 16 to 256 a good part of a short job.
+        self._epoch_s = min(EPOCH_MIN_S, max(EPOCH_FLOOR_S, TURNS_PER_EPOCH * turn_s))
         self._epoch_start, self._saturated_s, self._held_s = now, 0.0, 0.0
         self._done = self._bytes = 0
         allowed = self.rate_allowed()
@@ -224,6 +232,12 @@ class AdaptiveLimit:
         self._probe_from = limit
         target = int(limit * 0.8) if self._probes % DOWN_EVERY == 0 else int(limit * 1.25) + 1
         self._set(target, f"trying {target} at once (from {limit})")
+
+    def raise_to(self, limit: int) -> None:
+        """Start from at least ``limit`` (a level found before, elsewhere)."""
+        if limit > self.limit:
+            self._last = None
+            self._set(limit, f"{limit} at once, as found before")
 
     def _set(self, limit: int, reason: str) -> None:
         limit = int(max(self.minimum, min(self.maximum, self._rate_cap, limit)))

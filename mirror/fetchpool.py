@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -37,13 +38,14 @@ from mirror import errors
 from mirror.aio import run_async
 from mirror.broker import Topology
 from mirror.broker.memory import MemoryBroker
+from mirror.controls import local
 from mirror.crawl import Context, Outcome, fetch_file
 from mirror.disk import Disk, Placement
 from mirror.diskpool import DiskPool, disk_pool
 from mirror.errors import ConfigError, ErrorDetail, MirrorError, SourceUnavailable
 from mirror.jobs import FetchJob, JobSpec, encode_job, job_from_dict
 from mirror.prefork import Forked, ForkedProcess, fork_children, reap
-from mirror.ratelimit import Limiter, RateSettings, control_report
+from mirror.ratelimit import Limiter, RateSettings
 from mirror.settings import SourceSettings, WorkerSettings
 from mirror.stats import Stats
 
@@ -112,6 +114,7 @@ class _Child:
         self.transferred = 0  # the child's own running total, last reported
         self.limit = initial_limit  # transfers it allows at once, last reported
         self.control: dict[str, Any] = {}  # its fetch rate controller, last reported
+        self.requests: dict[tuple[str, int], int] = {}  # its requests by budget and status
 
     async def _ensure(self) -> asyncio.subprocess.Process | ForkedProcess:
         proc = self._proc
@@ -207,6 +210,8 @@ class FetchPool:
                        "max_concurrency": max(1, -(-worker.max_concurrency // processes))},
             "disks": {str(s): str(placement.disk_for(s).root) for s in placement.shards},
             "rates": dataclasses.asdict(share),
+            # The worker's own log level: -v shows what each process's limits decide.
+            "log_level": logging.getLogger().getEffectiveLevel(),
         }
         raw = json.dumps(setup).encode()
         spare = [f for f in forked if not f.taken]
@@ -215,10 +220,24 @@ class FetchPool:
                           for i in range(processes)]
         self._stats = stats
         self.on_limits: Callable[[], None] | None = None  # the children's limits moved
+        self._telling: set[asyncio.Future[dict[str, Any]]] = set()
 
     def total_limit(self) -> int:
         """Transfers the children allow at once now, in all."""
         return sum(c.limit for c in self._children)
+
+    def start_at(self, limit: int) -> None:
+        """Have the children start from ``limit`` transfers in all (found by the worker)."""
+        share = max(1, -(-limit // len(self._children)))
+        for child in self._children:
+            task = asyncio.ensure_future(child.ask(b'"start_at":%d' % share))
+            self._telling.add(task)
+            task.add_done_callback(functools.partial(self._told, child))
+
+    def _told(self, child: _Child, task: asyncio.Future[dict[str, Any]]) -> None:
+        self._telling.discard(task)
+        if not task.cancelled() and task.exception() is None:
+            self._count_bytes(child, task.result())
 
     def controls(self) -> list[dict[str, Any]]:
         """The fetch rate controller of each child, as it last reported."""
@@ -266,6 +285,14 @@ class FetchPool:
             child.transferred = max(child.transferred, total)
         if "control" in reply:
             child.control = reply["control"]
+        if "requests" in reply:  # its running totals: the worker's metrics count them too
+            for budget, status, n in reply["requests"]:
+                key = (str(budget), int(status))
+                seen = child.requests.get(key, 0)
+                if n > seen:
+                    self._stats.pool_requests[key] = (
+                        self._stats.pool_requests.get(key, 0) + n - seen)
+                    child.requests[key] = n
         if "limit" in reply and reply["limit"] != child.limit:
             child.limit = int(reply["limit"])
             if self.on_limits is not None:
@@ -329,16 +356,22 @@ class _Fetcher:
 
     async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         reply: dict[str, Any]
-        if "jobs" in request:
+        if "start_at" in request:  # the worker's own level, as it hands its work over
+            self.slots.raise_to(int(request["start_at"]))
+            reply = {}
+        elif "jobs" in request:
             jobs = [job_from_dict(j) for j in request["jobs"]]
             reply = {"results": await asyncio.gather(*(
                 self.one(j) if isinstance(j, FetchJob) else _unexpected(j) for j in jobs))}
         else:
             job = job_from_dict(request["job"])
             reply = await (self.one(job) if isinstance(job, FetchJob) else _unexpected(job))
-        reply.update(id=request["id"], transferred=self.ctx.stats.transferred)
+        reply.update(id=request["id"], transferred=self.ctx.stats.transferred,
+                     requests=[[b, status, n] for (b, status), n
+                               in self.ctx.limiter.requests.items()])
         # What the worker shows of this process: its limit and rate controller, when moved.
-        limit, control = self.slots.limit, control_report(self.ctx.limiter)
+        limit = self.slots.limit
+        control = local("fetch", self.ctx.limiter, self.slots).to_dict()
         if limit != self._told[0]:
             reply["limit"] = limit
         if control != self._told[1]:
@@ -355,6 +388,9 @@ async def _child_main(requests: IO[bytes], answers: IO[bytes]) -> None:
     if not first:
         return  # forked, and not needed after all
     setup = json.loads(first)
+    logging.getLogger().setLevel(int(setup.get("log_level", logging.WARNING)))
+    for noisy in ("aiohttp", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     pool = disk_pool(int(setup["worker"]["max_concurrency"]))
     ctx = _context(setup, pool)
     fetcher = _Fetcher(ctx)

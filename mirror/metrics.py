@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from mirror import __version__
+from mirror.controls import Control
 from mirror.disk import Placement
 from mirror.errors import ConfigError
 from mirror.ratelimit import Limiter
@@ -34,6 +35,7 @@ from mirror.stats import Histogram, Stats
 
 log = logging.getLogger(__name__)
 PREFIX = "bucket_mirror"
+STATES = ("free", "probing", "limited", "holding")
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Sources:
     limiter: Limiter
     placement: Placement
     settings: WorkerSettings
+    controls: Callable[[], list[Control]]  # the worker's adaptive rates and limits
 
 
 def _histogram(name: str, doc: str, labels: dict[str, str], h: Histogram,
@@ -110,7 +113,10 @@ class MirrorCollector(Collector):
                                        "(0: no answer).",
                                        labels=["mirror_job", "source", "budget", "status"])
         source = self.src.source
-        for (budget, status), n in sorted(lim.requests.items()):
+        counts = dict(lim.requests)
+        for key, n in self.src.stats.pool_requests.items():  # those of the fetch processes
+            counts[key] = counts.get(key, 0) + n
+        for (budget, status), n in sorted(counts.items()):
             requests.add_metric([job, source, budget, str(status)], n)
         yield requests
         durations = HistogramMetricFamily(f"{PREFIX}_http_request_duration_seconds",
@@ -119,23 +125,39 @@ class MirrorCollector(Collector):
         for budget, h in lim.request_seconds.items():
             _histogram("", "", {"mirror_job": job, "budget": budget}, h, durations)
         yield durations
+        yield from self._control_metrics()
+
+    def _control_metrics(self) -> Iterator[Metric]:
+        job = self.src.job
+        labels = ["mirror_job", "budget"]
         throttled = CounterMetricFamily(f"{PREFIX}_throttled",
                                         "Answers of 429/503 from the source, by budget.",
-                                        labels=["mirror_job", "budget"])
+                                        labels=labels)
         rate = GaugeMetricFamily(f"{PREFIX}_rate_limit_requests_per_second",
                                  "The request rate this worker holds itself to (+Inf: none).",
-                                 labels=["mirror_job", "budget"])
-        conc = GaugeMetricFamily(f"{PREFIX}_concurrency", "Simultaneous requests allowed.",
-                                 labels=["mirror_job", "budget"])
-        for budget in ("list", "fetch"):
-            throttled.add_metric([job, budget], lim.throttled(budget))  # type: ignore[arg-type]
-            r = lim.rate(budget)  # type: ignore[arg-type]
-            rate.add_metric([job, budget], r if math.isfinite(r) else math.inf)
-        conc.add_metric([job, "list"], self.src.settings.list_concurrency)
-        conc.add_metric([job, "fetch"], self.src.settings.concurrency)
+                                 labels=labels)
+        conc = GaugeMetricFamily(f"{PREFIX}_concurrency",
+                                 "Simultaneous requests allowed now (adaptive or pinned).",
+                                 labels=labels)
+        background = GaugeMetricFamily(
+            f"{PREFIX}_background_failure_share", "Share of answers that fail whatever the "
+            "rate (retried, not slowed down for), as the rate controller found it.",
+            labels=labels)
+        state = GaugeMetricFamily(f"{PREFIX}_rate_controller_state",
+                                  "1 for the state the adaptive rate is in.",
+                                  labels=[*labels, "state"])
+        for c in self.src.controls():
+            throttled.add_metric([job, c.budget], c.throttled)
+            rate.add_metric([job, c.budget], c.rate if math.isfinite(c.rate) else math.inf)
+            conc.add_metric([job, c.budget], c.concurrency)
+            background.add_metric([job, c.budget], c.background)
+            for name in STATES:
+                state.add_metric([job, c.budget, name], 1.0 if c.state == name else 0.0)
         yield throttled
         yield rate
         yield conc
+        yield background
+        yield state
 
     def _place_metrics(self) -> Iterator[Metric]:
         s, job = self.src.stats, self.src.job

@@ -18,7 +18,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from mirror.concurrency import AdaptiveLimit
 from mirror.ratecontrol import Pushback, RateController, Reading
@@ -175,14 +175,6 @@ class Limiter:
         await self.bandwidth.take(n)
 
 
-def control_report(limiter: Limiter, budget: Budget = "fetch") -> dict[str, Any]:
-    """A budget's rate controller as plain data (a fetch process tells its worker)."""
-    r = limiter.reading(budget)
-    return {"state": r.state, "rate": r.rate if math.isfinite(r.rate) else None,
-            "reason": r.reason, "throttled": limiter.throttled(budget),
-            "background": round(r.background_share, 4)}
-
-
 UNLIMITED = RateSettings(adaptive=False)
 
-__all__ = ["UNLIMITED", "Budget", "Limiter", "RateSettings", "TokenBucket", "control_report"]
+__all__ = ["UNLIMITED", "Budget", "Limiter", "RateSettings", "TokenBucket"]

@@ -217,7 +217,7 @@ async def _exported(broker: Broker, spec: JobSpec, worker: Worker, stats: Stats,
 
         exporter = Exporter(options.metrics_addr, Sources(
             spec.name, options.worker.role, spec.source.partition("://")[0], stats,
-            worker.limiter, placement, options.worker))
+            worker.limiter, placement, options.worker, worker.controls))
         await asyncio.to_thread(exporter.start)
     try:
         return await _work(broker, worker, stats, options)

@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable
-from typing import Protocol
+from typing import Any, Protocol
 
 from mirror.batches import FileDelivery, split_batches
 from mirror.broker import Broker, Consumer, Delivery, Handler, Topology
 from mirror.concurrency import AdaptiveLimit
 from mirror.control import Presence, job_done
+from mirror.controls import Control, local, merged
 from mirror.crawl import Context, Outcome, describe, fetch_file, list_dir
 from mirror.disk import Placement
 from mirror.errors import (
@@ -51,6 +52,14 @@ class Pool(Protocol):
 
     def total_limit(self) -> int:
         """Transfers the processes allow at once now, in all."""
+        ...
+
+    def start_at(self, limit: int) -> None:
+        """Have the processes start from ``limit`` transfers in all."""
+        ...
+
+    def controls(self) -> list[dict[str, Any]]:
+        """Each process's fetch controllers (``Control.to_dict``), as last reported."""
         ...
 
 
@@ -176,6 +185,16 @@ class Worker:
         if self.fatal is not None:
             raise self.fatal
 
+    def controls(self) -> list[Control]:
+        """What this worker's adaptive rates and limits are doing, per budget."""
+        out = [local("list", self.limiter, self.ctx.list_slots)] if self.settings.lists else []
+        if self.settings.fetches:
+            if self._pool is not None and self._pooled:
+                out.append(merged("fetch", self._pool.controls(), self._pool.total_limit()))
+            else:
+                out.append(local("fetch", self.limiter, self._fetch_slots))
+        return out
+
     def _list_prefetch(self) -> int:
         return self.ctx.list_slots.limit
 
@@ -197,6 +216,7 @@ class Worker:
             log.info("fetching in %s from now on: the job has %d files in sight",
                      "the fetch processes", max(s.listed_files, self._taken))
             self._pooled = True
+            self._pool.start_at(self._fetch_slots.limit)
             self._limit_changed(0)
         return self._pooled
 

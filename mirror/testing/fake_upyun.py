@@ -174,8 +174,12 @@ class FakeUpyun:
 
     async def _reset(self, request: web.Request) -> web.Response:
         self.stats = FakeStats()
-        self._seen.clear()
+        self.rearm()
         return web.json_response({"ok": True})
+
+    def rearm(self) -> None:
+        """Forget which requests were tried: the same first attempts fail again."""
+        self._seen.clear()
 
     # -- the API -----------------------------------------------------------------------
 
