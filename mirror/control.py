@@ -40,7 +40,8 @@ class Presence:
                  interval_s: float = 1.0, on_stop: Callable[[str], None] | None = None,
                  counts: Callable[[], dict[str, int]] | None = None,
                  on_idle_peer: Callable[[], None] | None = None,
-                 nudge_interval_s: float = NUDGE_INTERVAL_S) -> None:
+                 nudge_interval_s: float = NUDGE_INTERVAL_S,
+                 controls: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._broker = broker
         self._role = role
@@ -49,6 +50,7 @@ class Presence:
         self._interval = interval_s
         self._on_stop = on_stop
         self._counts = counts
+        self._controls = controls  # what the worker's adaptive rates and limits are doing
         self._on_idle_peer = on_idle_peer
         self._nudged = 0.0
         self._nudge_interval = nudge_interval_s
@@ -99,6 +101,7 @@ class Presence:
             "queues": self._queues, "held": held, "taken": taken, "state": state or self.state,
             "pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
             "counts": self._counts() if self._counts is not None else {},
+            "controls": self._controls() if self._controls is not None else [],
         })
 
     async def _beat(self) -> None:

@@ -72,4 +72,24 @@ def merged(budget: Budget, reports: Iterable[Mapping[str, Any]], concurrency: in
                    f"{len(parts)} processes: " + ", ".join(str(c.concurrency) for c in parts))
 
 
-__all__ = ["Control", "local", "merged"]
+def learn_from_peers(limiter: Limiter, reports: Iterable[Mapping[str, Any]]) -> None:
+    """The source is one for the whole job: what other workers found holds here too.
+
+    A background share found by experiment need not be found again, and a worker that
+    joins while the others hold a limit starts at their rate instead of at full speed
+    (which would push every worker's share over the limit at once).
+    """
+    for budget in ("list", "fetch"):
+        found = [Control.from_dict(c) for r in reports for c in r.get("controls", ())
+                 if c.get("budget") == budget]
+        if not found:
+            continue
+        ctl = limiter.controller(budget)
+        ctl.adopt_background(max(c.background for c in found))
+        held = [c.rate for c in found if c.state in ("limited", "holding")
+                and math.isfinite(c.rate)]
+        if held:
+            ctl.join_at(sum(held) / len(held))
+
+
+__all__ = ["Control", "learn_from_peers", "local", "merged"]

@@ -143,6 +143,16 @@ class RateController:
         """A peer found this background share by experiment: no need to find it again."""
         self.background = max(self.background, share)
 
+    def join_at(self, rate: float) -> None:
+        """Other workers hold the source's limit at ``rate`` each: start there, not free."""
+        if self.state != "free" or math.isfinite(self.rate) or self._probe is not None:
+            return
+        now = self._now()
+        self._lower(rate, now)
+        self.limit_s = max(MIN_RATE, rate)
+        self.state = "limited"
+        self.reason = f"the job's other workers hold the source at about {rate:.0f} req/s each"
+
     # -- the epochs -----------------------------------------------------------------------
 
     def _accepted_s(self, now: float) -> float:

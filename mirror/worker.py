@@ -17,7 +17,7 @@ from mirror.batches import FileDelivery, split_batches
 from mirror.broker import Broker, Consumer, Delivery, Handler, Topology
 from mirror.concurrency import AdaptiveLimit
 from mirror.control import Presence, job_done
-from mirror.controls import Control, local, merged
+from mirror.controls import Control, learn_from_peers, local, merged
 from mirror.crawl import Context, Outcome, describe, fetch_file, list_dir
 from mirror.disk import Placement
 from mirror.errors import (
@@ -116,7 +116,8 @@ class Worker:
         self._prefetch_task: asyncio.Task[None] | None = None
         self.presence = Presence(broker, settings.role, self.queues, self.snapshot,
                                  settings.presence_interval_s, on_stop=self.request_stop,
-                                 counts=self.counts, on_idle_peer=self._wake.set)
+                                 counts=self.counts, on_idle_peer=self._wake.set,
+                                 controls=lambda: [c.to_dict() for c in self.controls()])
 
     @property
     def queues(self) -> list[str]:
@@ -174,7 +175,9 @@ class Worker:
                     await asyncio.wait_for(self._wake.wait(),
                                            timeout=self.settings.idle_poll_s)
                 self._wake.clear()
-                self.limiter.set_workers(1 + len(self.presence.peers()))
+                peers = self.presence.peers()
+                self.limiter.set_workers(1 + len(peers))
+                learn_from_peers(self.limiter, peers.values())
                 if until_idle and not self._stop.is_set() and await self._job_done():
                     log.info("job %s is done", self.spec.name)
                     await self._finished()
