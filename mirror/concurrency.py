@@ -38,6 +38,7 @@ Phase = Literal["start-up", "steady", "pinned"]
 EPOCH_MIN_S = 0.5  # the longest an epoch must be; it is shorter for quick transfers
 EPOCH_FLOOR_S = 0.1
 TURNS_PER_EPOCH = 4  # an epoch lasts this many times the time a transfer holds its slot
+TURNS_PER_STARTUP_EPOCH = 2  # ... and in start-up, as TCP's slow start doubles every turn
 EPOCH_MAX_S = 5.0
 SATURATED = 0.6  # share of an epoch with work waiting for a slot, for the epoch to count
 STARTUP_GAIN = 1.2
@@ -168,7 +169,8 @@ class AdaptiveLimit:
         self._waited_mark = waited
         # A few turns of a slot make an epoch: 0.24 s for a source 60 ms away, where half a
         # second per step made the climb from 16 to 256 a good part of a short job.
-        self._epoch_s = min(EPOCH_MIN_S, max(EPOCH_FLOOR_S, TURNS_PER_EPOCH * turn_s))
+        turns = TURNS_PER_EPOCH if self.phase != "start-up" else TURNS_PER_STARTUP_EPOCH
+        self._epoch_s = min(EPOCH_MIN_S, max(EPOCH_FLOOR_S, turns * turn_s))
         self._epoch_start, self._saturated_s, self._held_s = now, 0.0, 0.0
         self._done = self._bytes = 0
         allowed = self.rate_allowed()

@@ -174,21 +174,7 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
         follow.append(ListJob(job.path, page.cursor, job.page + 1, empty, last))
     elif job.cursor is None and not page.entries:
         follow.append(FetchJob(job.path, is_dir=True))  # an empty folder is reproduced too
-    settings, outbox = ctx.settings, ctx.files
-    small = [j for j in follow if isinstance(j, FetchJob) and outbox and outbox.takes(j)]
-    messages = pack([j for j in follow if not (outbox and outbox.takes(j))], ctx.topology,
-                    settings.batch_files, settings.batch_bytes, settings.small_file_max)
-    file_messages = sum(1 for m in messages if isinstance(m, FetchBatch) or (
-        isinstance(m, FetchJob) and not m.is_dir))
-    to_fetch = file_messages + (outbox.messages_for(len(small)) if outbox else 0)
-    async with ctx.backlog.room(to_fetch) if to_fetch else contextlib.nullcontext():
-        # All durable before the folder's page counts as listed.
-        published = await asyncio.gather(
-            ctx.broker.publish(messages), *([outbox.send(small)] if outbox and small else []),
-            return_exceptions=True)
-    for result in published:
-        if isinstance(result, BaseException):
-            raise result
+    file_messages = await _publish(follow, ctx)  # durable before the page counts as listed
     for item, problem in refused:
         log.warning("refused %r: %s", item.path, problem)
         reason = Reason.from_error(problem, attempts=0)
@@ -200,11 +186,35 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
     ctx.stats.pages += 1
     ctx.stats.file_messages += file_messages
     ctx.stats.entries += len(page.entries)
-    for item in follow:
-        if isinstance(item, FetchJob) and not item.is_dir:
-            ctx.stats.listed_files += 1
-            ctx.stats.listed_bytes += item.size
+    files = [j for j in follow if isinstance(j, FetchJob) and not j.is_dir]
+    ctx.stats.listed_files += len(files)
+    ctx.stats.listed_bytes += sum(f.size for f in files)
     return "listed"
+
+
+async def _publish(follow: list[Job], ctx: Context) -> int:
+    """Publish what a page found (small files in batches), durable on return; returns the
+    file messages it took."""
+    settings, outbox = ctx.settings, ctx.files
+    small = [j for j in follow if isinstance(j, FetchJob) and outbox and outbox.takes(j)]
+    messages = pack([j for j in follow if not (outbox and outbox.takes(j))], ctx.topology,
+                    settings.batch_files, settings.batch_bytes, settings.small_file_max)
+    file_messages = sum(1 for m in messages if isinstance(m, FetchBatch) or (
+        isinstance(m, FetchJob) and not m.is_dir))
+    to_fetch = file_messages + (outbox.messages_for(len(small)) if outbox else 0)
+    files = sum(1 for j in follow if isinstance(j, FetchJob) and not j.is_dir)
+    ctx.stats.publishing_files += files  # in sight already (--processes auto)
+    try:
+        async with ctx.backlog.room(to_fetch) if to_fetch else contextlib.nullcontext():
+            published = await asyncio.gather(
+                ctx.broker.publish(messages),
+                *([outbox.send(small)] if outbox and small else []), return_exceptions=True)
+    finally:
+        ctx.stats.publishing_files -= files
+    for result in published:
+        if isinstance(result, BaseException):
+            raise result
+    return file_messages
 
 
 async def fetch_file(job: FetchJob, ctx: Context) -> Outcome:

@@ -41,6 +41,7 @@ class Stats:
     listed_files: int = 0
     file_messages: int = 0  # messages those files went out in (batches hold several)
     listed_bytes: int = 0
+    publishing_files: int = 0  # files of pages being published now (listed once confirmed)
     fetched: int = 0
     fetched_bytes: int = 0  # sizes of files fetched (a resumed file counts whole)
     skipped: int = 0

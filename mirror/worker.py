@@ -207,17 +207,18 @@ class Worker:
         are out of reach of other workers."""
         if self._pool is not None and self._pooled:
             total = self._pool.total_limit()
-            return total + max(2, total // 4)
+            # Plus what is still fetched here (handed over, the pool needs its own share).
+            return total + max(2, total // 4) + self._fetch_slots.slots.held
         return self._fetch_slots.limit
 
     def _use_pool(self) -> bool:
         if self._pooled or self._pool is None:
             return self._pooled
         s = self.stats
-        if (max(s.listed_files, self._taken) >= ENGAGE_FILES
-                or s.listed_bytes + s.fetched_bytes >= ENGAGE_BYTES):
-            log.info("fetching in %s from now on: the job has %d files in sight",
-                     "the fetch processes", max(s.listed_files, self._taken))
+        sight = max(s.listed_files + s.publishing_files, self._taken)
+        if sight >= ENGAGE_FILES or s.listed_bytes + s.fetched_bytes >= ENGAGE_BYTES:
+            log.info("fetching in the fetch processes from now on: the job has %d files in "
+                     "sight", sight)
             self._pooled = True
             self._pool.start_at(self._fetch_slots.limit)
             self._limit_changed(0)
