@@ -6,11 +6,11 @@ Builds (once, cached under --out) (a) small files with log-normal sizes (median 
 in folders of 20 and (b) 50 MB files; serves both with nginx on loopback (HTML indexes, the
 format rclone's http backend reads); then mirrors each set with:
 
-- bucket-mirror embedded (`mirror run URL DEST`): one process, and two fetch processes with
-  and without --fsync;
-- bucket-mirror over RabbitMQ (the broker at --broker): `mirror seed`, one `--role list` and
-  two `--role fetch` processes, with and without per-file events, and one fetcher with
-  `--processes 2`;
+- bucket-mirror embedded: `mirror run URL DEST` with no flags (the headline row), the same
+  with `--no-fsync` (what the group commit costs), and the hand-tuned run of earlier benches
+  (`--processes 2 --concurrency 128 --list-concurrency 16 --no-fsync`);
+- bucket-mirror over RabbitMQ (the broker at --broker), default flags: `mirror run --broker`
+  with one `mirror work`, and one `--role list` with two `--role fetch` workers;
 - `rclone copy` (http backend) with a few --transfers settings, where installed;
 - `aria2c -i` on the list of URLs (it cannot list), where installed.
 
@@ -180,10 +180,8 @@ def delete_jobs(url: str, jobs: list[str], env: dict[str, str]) -> None:
             "asyncio.run(m())")], env=env, check=False)
 
 
-# Pages listed at once by bucket-mirror (default 4, kept low for rate-limited APIs such as
-# UpYun's): 16 was 8-18% faster on the small set in 3 interleaved pairs (presumably the
-# listing, 4 pages at a time, fell behind the fetch processes); rclone gets as many
-# --checkers as --transfers.
+# The tuned run lists 16 pages at once (the default adapts from 4 up to 32), and rclone gets
+# as many --checkers as --transfers.
 LISTING = ("--list-concurrency", "16")
 
 
@@ -284,37 +282,47 @@ def main() -> int:  # noqa: PLR0915  (one linear script)
                 middle.note = "; ".join(r.note for r in done if r.note)
                 results.append(middle)
 
-        # Two fetch processes get 128 transfers, 64 each: as many as each of the two RabbitMQ
-        # fetchers below (it was 64 in all before; 128 was 0.1-0.3 s faster in A/B runs).
-        for procs, conc, fsync in ((1, 32, False), (2, 128, False), (2, 128, True)):
-            record(f"bucket-mirror embedded --processes {procs} --concurrency {conc} "
-                   f"{'--fsync' if fsync else '--no-fsync'}",
-                   lambda d, s, p=procs, c=conc, f=fsync: [mirror_cmd(
-                       "run", url, str(d), "--no-progress", "--state-dir", str(s),
-                       "--processes", str(p), "--concurrency", str(c), *LISTING,
-                       "--fsync" if f else "--no-fsync")])
+        # The headline: what a user gets with no flags at all.
+        record("bucket-mirror run URL DEST (no flags)",
+               lambda d, s: [[sys.executable, "-m", "mirror", "run", url, str(d)]])
+        record("bucket-mirror run URL DEST --no-fsync",
+               lambda d, s: [mirror_cmd("run", url, str(d), "--state-dir", str(s),
+                                        "--no-fsync")])
+        # The hand-tuned run that was the headline before the defaults adapted.
+        record(f"bucket-mirror run --processes 2 --concurrency 128 {' '.join(LISTING)} "
+               "--no-fsync",
+               lambda d, s: [mirror_cmd("run", url, str(d), "--state-dir", str(s),
+                                        "--processes", "2", "--concurrency", "128", *LISTING,
+                                        "--no-fsync")])
 
-        def over_rabbit(d: Path, s: Path, extra: tuple[str, ...] = (),
-                        fetchers: int = 2) -> list[list[str]]:
+        def over_rabbit(d: Path, s: Path) -> list[list[str]]:
+            """``mirror run --broker`` and one ``mirror work``, both with default flags."""
+            job = f"bench-{uuid.uuid4().hex[:8]}"
+            jobs.append(job)
+            # Seeded first (untimed), so that the worker finds the job when it starts.
+            subprocess.run(mirror_cmd("seed", url, "--job", job, "--broker", args.broker),
+                           env=env, capture_output=True, check=True)
+            return [mirror_cmd("run", url, str(d), "--broker", args.broker, "--job", job,
+                               "--state-dir", str(s)),
+                    mirror_cmd("work", "--job", job, "--broker", args.broker, "--dest",
+                               str(d), "--until-idle", "--state-dir", str(s))]
+
+        def lister_and_fetchers(d: Path, s: Path) -> list[list[str]]:
             job = f"bench-{uuid.uuid4().hex[:8]}"
             jobs.append(job)
             subprocess.run(mirror_cmd("seed", url, "--job", job, "--broker", args.broker),
                            env=env, capture_output=True, check=True)
             common = ("work", "--job", job, "--broker", args.broker, "--until-idle",
-                      "--no-progress", "--state-dir", str(s))
-            fetch = ("--role", "fetch", "--dest", str(d), "--concurrency", "64",
-                     "--no-fsync", *extra)
-            return [mirror_cmd(*common, "--role", "list", *LISTING),
-                    *[mirror_cmd(*common, *fetch) for _ in range(fetchers)]]
+                      "--state-dir", str(s))
+            return [mirror_cmd(*common, "--role", "list"),
+                    *[mirror_cmd(*common, "--role", "fetch", "--dest", str(d))
+                      for _ in range(2)]]
 
         if rabbit_up(args.broker):
-            record("bucket-mirror rabbitmq: 1 lister + 2 fetchers --concurrency 64 "
-                   "--no-fsync", over_rabbit)
-            record("bucket-mirror rabbitmq: 1 lister + 2 fetchers --concurrency 64 "
-                   "--no-fsync --no-events", lambda d, s: over_rabbit(d, s, ("--no-events",)))
-            record("bucket-mirror rabbitmq: 1 lister + 1 fetcher --processes 2 "
-                   "--concurrency 64 --no-fsync",
-                   lambda d, s: over_rabbit(d, s, ("--processes", "2"), fetchers=1))
+            record("bucket-mirror rabbitmq: run --broker + 1 work (default flags)",
+                   over_rabbit)
+            record("bucket-mirror rabbitmq: 1 lister + 2 fetchers (default flags)",
+                   lister_and_fetchers)
         else:
             print(f"    (no RabbitMQ at {args.broker}: skipping the broker run)")
 
