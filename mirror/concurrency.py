@@ -125,7 +125,7 @@ class AdaptiveLimit:
         self._bytes = 0
         self._waited_mark = 0.0
         self._rate_cap: float = math.inf
-        self._epoch_s = EPOCH_MIN_S
+        self._epoch_s = EPOCH_FLOOR_S  # the first epoch only doubles: no need to wait
         self._counted = 0  # epochs that counted since the last probe
         self._probes = 0
         self._last: _Epoch | None = None  # the last epoch that counted
