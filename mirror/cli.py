@@ -68,7 +68,11 @@ def setup_logging(verbose: int, quiet: bool, rich_console: bool) -> None:
     if rich_console:
         from rich.logging import RichHandler
 
-        handler: logging.Handler = RichHandler(show_path=False, markup=False)
+        from mirror.progress import terminal_console
+
+        # The live view's console: lines logged while it is up are printed above it.
+        handler: logging.Handler = RichHandler(console=terminal_console(), show_path=False,
+                                               markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)

@@ -231,7 +231,8 @@ async def _exported(broker: Broker, spec: JobSpec, worker: Worker, stats: Stats,
 async def _work(broker: Broker, worker: Worker, stats: Stats, options: WorkOptions) -> Outcome:
     fatal: FatalError | None = None
     async with _signals(worker), Progress(stats, broker, worker.topology,
-                                          live=options.live_progress, limiter=worker.limiter):
+                                          live=options.live_progress, limiter=worker.limiter,
+                                          worker=worker):
         try:
             await worker.run(until_idle=options.until_idle)
         except FatalError as exc:

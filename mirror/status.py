@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from mirror.backlog import fetch_backlog, files_per_message
 from mirror.broker import Broker, QueueDepth, Topology
 from mirror.progress import human_bytes, human_duration
 
@@ -170,13 +171,10 @@ def rates(now: Snapshot, before: Snapshot | None) -> tuple[float, float]:
 def summarize(now: Snapshot, before: Snapshot | None = None) -> dict[str, Any]:
     t = now.topology
     # Fetch queues count messages, and a message may carry a batch of files: scale by what
-    # the live listers sent (files per message). Retry tiers hold single files.
-    listed, messages = now.total("listed_files"), now.total("file_messages")
-    per_message = listed / messages if listed and messages else 1.0
-    work_ready, work_held = now.queued(t.fetch_queues)
-    retry_ready, retry_held = now.queued(t.retry_queues)
-    fetch_ready = round(work_ready * per_message) + retry_ready
-    fetch_held = round(work_held * per_message) + retry_held
+    # the live listers sent (files per message).
+    backlog = fetch_backlog(now.queues, t, files_per_message(now.total("listed_files"),
+                                                             now.total("file_messages")))
+    fetch_ready, fetch_held = backlog.ready, backlog.held
     list_ready, list_held = now.queued([t.list_queue])
     in_flight = sum(int(r.get("counts", {}).get("inflight", 0)) for r in now.reports.values())
     listing_now = now.total("listing")

@@ -87,9 +87,18 @@ class Topology:
 
 @dataclass(frozen=True)
 class QueueDepth:
+    """Messages in one queue; and, where the broker holds the jobs themselves (the embedded
+    one), the files, bytes and folder listings they carry. None where unknown: RabbitMQ
+    counts messages only, and a message may carry a batch of files."""
+
     ready: int
     unacked: int | None = None  # None where the transport cannot tell (plain AMQP)
     consumers: int | None = None
+    ready_files: int | None = None  # files in the ready (or retry-waiting) messages
+    unacked_files: int | None = None  # files in the messages handed out, not yet settled
+    ready_bytes: int | None = None  # their listed sizes
+    unacked_bytes: int | None = None
+    listings: int | None = None  # folder listings in the queue's messages, ready or held
 
 
 class Delivery(Protocol):

@@ -2,7 +2,8 @@
 
 Used by ``mirror run`` without ``--broker`` and by tests. Messages are kept as job objects
 (they are frozen), retries wait on the event loop's timers, parked jobs are kept in memory and
-reported to an optional callback so the caller can journal them.
+reported to an optional callback so the caller can journal them. Holding the jobs, it also
+counts the files, bytes and folder listings in each queue (``depths``), which RabbitMQ cannot.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from mirror.broker import ControlCallback, Handler, ParkedJob, QueueDepth, Topology
 from mirror.concurrency import Slots
 from mirror.errors import ConfigError
-from mirror.jobs import Job, JobSpec, Reason
+from mirror.jobs import FetchBatch, FetchJob, Job, JobSpec, ListBatch, ListJob, Reason
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,28 @@ class _Message:
 
 
 @dataclass
+class _Load:
+    """Files (not empty folders), their bytes and folder listings of some messages."""
+
+    files: int = 0
+    bytes: int = 0
+    listings: int = 0
+
+    def add(self, job: Job, sign: int = 1) -> None:
+        if isinstance(job, FetchBatch):
+            self.files += sign * len(job.files)
+            self.bytes += sign * sum(f.size for f in job.files)
+        elif isinstance(job, FetchJob):
+            if not job.is_dir:
+                self.files += sign
+                self.bytes += sign * job.size
+        elif isinstance(job, ListBatch):
+            self.listings += sign * len(job.folders)
+        elif isinstance(job, ListJob):
+            self.listings += sign
+
+
+@dataclass
 class _Queue:
     name: str
     items: deque[_Message] = field(default_factory=deque)
@@ -38,13 +61,34 @@ class _Queue:
     consumers: int = 0
     delayed: int = 0  # retry tiers: messages waiting for their timer
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    ready_load: _Load = field(default_factory=_Load)  # of the items and the delayed ones
+    held_load: _Load = field(default_factory=_Load)  # of the messages handed out
 
     def put(self, msg: _Message, front: bool = False) -> None:
         if front:
             self.items.appendleft(msg)
         else:
             self.items.append(msg)
+        self.ready_load.add(msg.job)
         self.wakeup.set()
+
+    def take(self) -> _Message:
+        msg = self.items.popleft()
+        self.unacked += 1
+        self.ready_load.add(msg.job, -1)
+        self.held_load.add(msg.job)
+        return msg
+
+    def settled(self, msg: _Message) -> None:
+        self.unacked -= 1
+        self.held_load.add(msg.job, -1)
+
+    def depth(self) -> QueueDepth:
+        ready, held = self.ready_load, self.held_load
+        return QueueDepth(len(self.items) + self.delayed, self.unacked, self.consumers,
+                          ready_files=ready.files, unacked_files=held.files,
+                          ready_bytes=ready.bytes, unacked_bytes=held.bytes,
+                          listings=ready.listings + held.listings)
 
 
 class _Delivery:
@@ -67,7 +111,7 @@ class _Delivery:
         if self._settled:
             return False
         self._settled = True
-        self._queue.unacked -= 1
+        self._queue.settled(self._msg)
         self._slot.release()
         return True
 
@@ -167,8 +211,7 @@ class MemoryBroker:
             while not q.items:
                 q.wakeup.clear()
                 await q.wakeup.wait()
-            msg = q.items.popleft()
-            q.unacked += 1
+            msg = q.take()
             delivery = _Delivery(self, q, msg, slot)
             task = asyncio.create_task(self._handle(handler, delivery))
             self._tasks.add(task)
@@ -192,10 +235,12 @@ class MemoryBroker:
         topology = self.topology
         tier = self._queues[topology.retry_queue(topology.tier_for(delay_s))]
         tier.delayed += 1
+        tier.ready_load.add(msg.job)
 
         def back() -> None:
             self._timers.discard(handle)
             tier.delayed -= 1
+            tier.ready_load.add(msg.job, -1)
             queue.put(msg)
 
         handle = asyncio.get_running_loop().call_later(max(0.0, delay_s), back)
@@ -203,17 +248,12 @@ class MemoryBroker:
 
     def _park(self, parked: ParkedJob) -> None:
         self._parked.append(parked)
-        self._queues[self.topology.parked_queue].items.append(
-            _Message(parked.job, parked.reason.attempts)
-        )
+        self._queues[self.topology.parked_queue].put(_Message(parked.job, parked.reason.attempts))
         if self._on_park is not None:
             self._on_park(parked)
 
     async def depths(self) -> dict[str, QueueDepth]:
-        return {
-            name: QueueDepth(len(q.items) + q.delayed, q.unacked, q.consumers)
-            for name, q in self._queues.items()
-        }
+        return {name: q.depth() for name, q in self._queues.items()}
 
     async def broadcast(self, message: dict[str, Any]) -> None:
         for callback in list(self._subscribers):
