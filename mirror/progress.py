@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from mirror.backlog import fetch_backlog, files_per_message
 from mirror.broker import Broker, Topology
+from mirror.controls import Control
 from mirror.ratelimit import Limiter
 from mirror.stats import Stats
 
@@ -132,6 +133,8 @@ class Holder(Protocol):
     def snapshot(self) -> tuple[int, int]: ...  # (jobs held, jobs taken)
 
     def counts(self) -> dict[str, int]: ...  # with "listing": pages being listed now
+
+    def controls(self) -> list[Control]: ...  # its adaptive rates and limits
 
 
 class Progress:
@@ -249,21 +252,30 @@ class Progress:
         return (f"{progress}, {self._left(v)} | {s.fetched} fetched, {s.skipped} skipped, "
                 f"{s.parked} parked, {s.retried} retried | {human_bytes(s.transferred)} at "
                 f"{human_bytes(v.bytes_rate)}/s, {v.files_rate:.0f} files/s | "
-                f"ETA {self._eta(v)}{self._throttling()}")
+                f"ETA {self._eta(v)}{self._throttling(why=True)}")
 
-    def _throttling(self) -> str:
-        """' | 429s 12, fetch 85/s, list 20/s' once the source has pushed back or limits set.
+    def _throttling(self, why: bool = False) -> str:
+        """' | 429/503s 12 | fetch limited at 85 req/s, 24 at once | list free, 8 at once':
+        what the source and the adaptive controllers do (``why``: and the reasons).
 
         The one place the source's line is made: the live view and the log lines show it."""
+        controls = self._worker.controls() if self._worker is not None else []
         lim = self._limiter
-        if lim is None:
+        if not controls and lim is None:
             return ""
-        hits = lim.throttled("fetch") + lim.throttled("list")
-        rates = [f"{b} {lim.rate(b):.0f}/s" for b in ("fetch", "list")
-                 if math.isfinite(lim.rate(b))]
-        if not hits and not rates:
-            return ""
-        return f" | 429s {hits}" + "".join(f", {r}" for r in rates)
+        hits = (sum(c.throttled for c in controls) if controls else
+                lim.throttled("fetch") + lim.throttled("list") if lim is not None else 0)
+        parts = [f"429/503s {hits}"] if hits else []
+        for c in controls:
+            rate = f" at {c.rate:.0f} req/s" if math.isfinite(c.rate) else ""
+            text = f"{c.budget} {c.state}{rate}, {c.concurrency} at once"
+            if why and c.state != "free":
+                text += f" ({c.reason})"
+            parts.append(text)
+        if not controls and lim is not None:
+            parts += [f"{b} {lim.rate(b):.0f}/s" for b in ("fetch", "list")
+                      if math.isfinite(lim.rate(b))]
+        return "".join(f" | {p}" for p in parts)
 
     def table(self, v: View) -> RenderableType:
         """The live view: the counts, and once the total is known a progress bar above."""
@@ -282,9 +294,8 @@ class Progress:
         t.add_row("left", self._left(v))
         if v.total is None:
             t.add_row("ETA", self._eta(v))
-        throttling = self._throttling()
-        if throttling:
-            t.add_row("source", throttling.removeprefix(" | "))
+        for i, part in enumerate(self._throttling(why=True).split(" | ")[1:]):
+            t.add_row("source" if i == 0 else "", part)
         t.add_row("elapsed", human_duration(s.elapsed_s))
         if v.total is None:
             return t

@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from mirror.backlog import fetch_backlog, files_per_message
 from mirror.broker import Broker, QueueDepth, Topology
+from mirror.controls import Control
 from mirror.progress import human_bytes, human_duration
 
 MANAGEMENT_PORT = 15672
@@ -197,7 +198,8 @@ def summarize(now: Snapshot, before: Snapshot | None = None) -> dict[str, Any]:
                     "consumers": d.consumers} for name, d in sorted(now.queues.items())],
         "workers": [{"worker": w, "host": r.get("host"), "role": r.get("role"),
                      "state": r.get("state"), "held": r.get("held", 0),
-                     "queues": r.get("queues", []), **r.get("counts", {})}
+                     "queues": r.get("queues", []), **r.get("counts", {}),
+                     "controls": r.get("controls", [])}
                     for w, r in sorted(now.reports.items())],
         "files": {"fetched": now.total("fetched"), "skipped": now.total("skipped"),
                   "parked": parked, "retried": now.total("retried"), "queued": queued,
@@ -235,6 +237,8 @@ def render(summary: Mapping[str, Any]) -> str:
     for w in summary["workers"]:
         lines.append(f"    {w['worker']:<40} {w['role']:<8} {w['state']:<9} holds {w['held']}, "
                      f"fetched {w.get('fetched', 0)}, skipped {w.get('skipped', 0)}")
+        for c in w.get("controls", []):
+            lines.append(f"      {Control.from_dict(c).line()}")
     lines.append(f"  files: {f['fetched']} fetched, {f['skipped']} current, {f['parked']} parked,"
                  f" {f['queued']} queued, {f['in_flight']} transferring")
     lines.append(f"  bytes: {human_bytes(b['fetched'])} fetched, "

@@ -289,6 +289,11 @@ async def test_status_json_adds_up_to_the_bucket(small_bucket: BucketInfo, tmp_p
             assert files["queued"] == 0 and files["in_flight"] == 0
             assert final["bytes"]["fetched"] == small_bucket.total_bytes
             assert final["listing_done"] and len(final["workers"]) == 2
+            # Each worker says what its adaptive controllers do: the lister its listing,
+            # the fetcher its transfers (pinned to 2 here).
+            budgets = {c["budget"]: c for w in final["workers"] for c in w["controls"]}
+            assert set(budgets) == {"list", "fetch"}
+            assert budgets["fetch"]["concurrency"] == 2
             assert final["via"] in ("management", "amqp")
             # It was watched running: some earlier status showed work still to do, with a rate.
             assert any(not s["done"] for s in seen)
@@ -298,6 +303,7 @@ async def test_status_json_adds_up_to_the_bucket(small_bucket: BucketInfo, tmp_p
             code, out, err = await mirror_cmd("status", "--job", job_name, "--broker",
                                               rabbit_url, env=env)
             assert code == 0 and "done" in out, out + err
+            assert "fetch: free" in out and "2 at once" in out, out
         assert tree_differences(small_bucket.root, dest) == []
     finally:
         for w in workers:
