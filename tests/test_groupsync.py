@@ -22,25 +22,39 @@ MTIME = 1_600_000_000.25
 
 
 class Recording(GroupSync):
-    """Really syncs; notes which of the watched targets exist at each sync, and can fail the
-    sync calls named in ``fail`` (1 = the first call) with an OSError of ``code``."""
+    """Really syncs; notes which of the watched targets exist at each sync (and, in
+    ``states``, whether each watched file is in place, ``T``, or a complete part, ``P``), and
+    fails the sync calls named in ``fail`` (1 = the first call) with an OSError of ``code``."""
 
     def __init__(self, disk: Disk, watched: list[Path], fail: tuple[int, ...] = (),
-                 code: int = errno.EIO, gate: threading.Event | None = None) -> None:
+                 code: int = errno.EIO, gate: threading.Event | None = None,
+                 sizes: dict[Path, int] | None = None) -> None:
         super().__init__(disk.root, disk.run, os_error)
         self.watched = watched
+        self.sizes = sizes or {}
         self.fail = fail
         self.code = code
         self.gate = gate
         self.seen: list[int] = []  # per sync call: how many watched targets existed
+        self.states: list[dict[Path, str]] = []
+        self.completed = 0  # sync calls returned
 
     def sync_fs(self) -> None:
         if self.gate is not None:
             self.gate.wait(10)
         self.seen.append(sum(p.exists() for p in self.watched))
+        self.states.append({p: _state(p, n) for p, n in self.sizes.items()})
         if len(self.seen) in self.fail:
             raise OSError(self.code, os.strerror(self.code))
         super().sync_fs()
+        self.completed += 1
+
+
+def _state(target: Path, size: int) -> str:
+    if target.exists():
+        return "T"
+    part = target.with_name(target.name + PART_SUFFIX)
+    return "P" if part.exists() and part.stat().st_size == size else "."
 
 
 @pytest.fixture
@@ -71,23 +85,29 @@ async def test_many_files_share_few_rounds_and_are_renamed_after_their_data_sync
         tmp_path: Path, pool: DiskPool) -> None:
     disk = Disk(tmp_path, pool=pool)
     paths = [f"d{i % 7}/f{i}.bin" for i in range(300)]
-    group = Recording(disk, [tmp_path / p for p in paths])
+    targets = [tmp_path / p for p in paths]
+    group = Recording(disk, targets, sizes={t: len(body(i)) for i, t in enumerate(targets)})
     disk.group = group
-    await asyncio.gather(*(write(disk, p, body(i)) for i, p in enumerate(paths)))
-    for i, p in enumerate(paths):
-        target = tmp_path / p
+    returned: dict[Path, int] = {}  # syncs completed when each caller got its answer
+
+    async def one(i: int) -> None:
+        await write(disk, paths[i], body(i))
+        returned[targets[i]] = group.completed
+
+    await asyncio.gather(*(one(i) for i in range(300)))
+    for i, target in enumerate(targets):
         assert target.read_bytes() == body(i)
         assert target.stat().st_mtime == pytest.approx(MTIME, abs=1e-6)
     assert parts_left(tmp_path) == []
     assert group.files == 300
-    assert 1 <= group.rounds <= 30, group.rounds  # far fewer than one per file
-    assert group.syncs == 2 * group.rounds and len(group.seen) == group.syncs
-    # Each round: its data sync before any of its renames, its rename sync after them all.
-    # Targets only ever appear, so a round's first sync sees those of earlier rounds only.
-    assert group.seen[0] == 0 and group.seen[-1] == 300
-    firsts, seconds = group.seen[0::2], group.seen[1::2]
-    assert all(a == b for a, b in zip(seconds, firsts[1:], strict=False))
-    assert all(f < s for f, s in zip(firsts, seconds, strict=True))
+    assert 2 <= group.rounds <= 30, group.rounds  # far fewer than one per file
+    assert group.syncs == group.rounds == len(group.states)  # one sync a round
+    for target in targets:
+        states = [s[target] for s in group.states]
+        first = states.index("T")  # the first sync that saw it in place made its rename durable
+        # At the sync before, its part was complete: its bytes were flushed before the rename.
+        assert first >= 1 and states[first - 1] == "P", states
+        assert returned[target] >= first + 1  # its caller was answered after that sync
 
 
 async def test_a_failed_data_sync_fails_the_whole_round_and_renames_nothing(
@@ -121,8 +141,9 @@ async def test_a_failed_rename_sync_fails_every_file_and_enospc_is_disk_full(
     results = await asyncio.gather(*(write(disk, p, body(i)) for i, p in enumerate(paths)),
                                    return_exceptions=True)
     assert all(isinstance(r, DiskFull) and "no space left" in str(r) for r in results), results
-    # The renames were made after a successful data sync (seen: none, then all); none of the
-    # files is reported done, so none of their jobs is acked.
+    # The renames were made after a successful data sync (seen: none, then all, at the sync
+    # of the next round, which failed); none of the files is reported done, so none of their
+    # jobs is acked.
     assert group.seen == [0, 20]
     assert parts_left(tmp_path) == []
 
@@ -149,9 +170,9 @@ async def test_a_large_file_is_fsynced_by_its_writer_and_shares_the_rename_sync(
     group.own_sync_bytes = 100_000
     disk.group = group
     await write(disk, "big.bin", os.urandom(150_000))
-    assert group.rounds == 1 and group.syncs == 1  # the rename sync only
-    await write(disk, "small.bin", b"small")
-    assert group.rounds == 2 and group.syncs == 3
+    assert group.rounds == 1 and group.syncs == 1  # renamed, then one sync: done
+    await write(disk, "small.bin", b"small")  # a sync for its bytes, one for its rename
+    assert group.rounds == 3 and group.syncs == 3
 
 
 async def test_a_mismatch_never_joins_a_round(tmp_path: Path, pool: DiskPool) -> None:
