@@ -14,9 +14,9 @@ through two of them:
    return, and the worker acks their jobs.
 
 Each ``syncfs`` does both jobs at once: it makes the renames of the round before durable and
-the bytes of the files that gathered since. A separate sync for each phase of one group cost
-a third more sync calls for no measurable gain (``bench/RESULTS.md``). When no new file came,
-a round is just the sync of the last renames.
+the bytes of the files that gathered since. Two syncs of its own for each group made a quarter
+to a third more sync calls and was no faster (``bench/RESULTS.md``). When no new file came, a
+round is just the sync of the last renames.
 
 Why the bytes are synced before the rename, and not everything once after it: POSIX promises
 no order between the two. Depending on the file system and its mode (ext4 or ext3 with
@@ -42,11 +42,14 @@ fsynced on its own, then renamed, then each folder of the round is fsynced once.
 Scheduling (on the event loop): one round runs at a time per root, and files ready meanwhile
 gather for the next one. That starts as soon as the running one ends if it renamed files (their
 sync is due); otherwise ``window_s`` after the first file waiting was ready, or at once when
-``max_files`` files or ``max_bytes`` are waiting. Several roots on one file system each run
-their own rounds; that only costs a sync more. A large file (``own_sync_bytes`` or more) is
-fsynced on its own by its writer, in its thread (its bytes would otherwise make the whole round
-wait for their writeback), and joins a round renamed before its sync, done with that one sync.
-The figures behind the defaults are in ``bench/RESULTS.md`` (``bench/fsync.py``).
+``max_files`` files or ``max_bytes`` are waiting. Under load the rounds follow each other and
+the window hardly matters; with few transfers it is added to every file's wait: 1 ms was as
+fast as none and made half the rounds at 16 transfers, 2 and 5 ms were slower. Several roots on
+one file system each run their own rounds; that only costs a sync more. A large file
+(``own_sync_bytes`` or more) is fsynced on its own by its writer, in its thread, and joins a
+round renamed before its sync, done with that one sync: a round then does not wait for its
+writeback, and it waits for no other file's. The figures behind these choices are in
+``bench/RESULTS.md`` (``bench/fsync.py``).
 """
 
 from __future__ import annotations
@@ -128,7 +131,7 @@ class GroupSync:
     """The rounds of one mirror root. ``settle`` on the loop; ``prime`` in a disk thread."""
 
     def __init__(self, root: Path, run: RunAlone, translate: Translate, *,
-                 window_s: float = 0.002, max_files: int = 256, max_bytes: int = 32 << 20,
+                 window_s: float = 0.001, max_files: int = 256, max_bytes: int = 32 << 20,
                  own_sync_bytes: int = 8 << 20) -> None:
         self.root = root
         self.window_s = window_s
