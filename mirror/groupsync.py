@@ -44,7 +44,7 @@ gather for the next one. That starts as soon as the running one ends if it renam
 sync is due); otherwise ``window_s`` after the first file waiting was ready, or at once when
 ``max_files`` files or ``max_bytes`` are waiting. Under load the rounds follow each other and
 the window hardly matters; with few transfers it is added to every file's wait: 1 ms was as
-fast as none and made half the rounds at 16 transfers, 2 and 5 ms were slower. Several roots on
+fast as none and made 40% fewer rounds at 16 transfers, 2 and 5 ms were slower. Several roots on
 one file system each run their own rounds; that only costs a sync more. A large file
 (``own_sync_bytes`` or more) is fsynced on its own by its writer, in its thread, and joins a
 round renamed before its sync, done with that one sync: a round then does not wait for its
