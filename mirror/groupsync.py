@@ -295,7 +295,8 @@ class GroupSync:
 
     def _timer_fired(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
-        self._schedule(loop)
+        if self._round_task is None and (self._pending or self._renamed):
+            self._start(loop)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._timer is not None:

@@ -210,14 +210,15 @@ class DirectSource(Protocol):
 
 
 def finish(part: PartFile, data: bytes, track: bool, size: int, mtime: float | None,
-            md5: str | None) -> None:
+           md5: str | None) -> None:
+    """The whole commit of one file on its own (``--no-fsync``, per-file fsync)."""
     if data:
         part.write(data, track)
     part.commit(size, mtime, md5)
 
 
 def prepare(part: PartFile, data: bytes, track: bool, size: int, mtime: float | None,
-             md5: str | None, own_sync: bool) -> None:
+            md5: str | None, own_sync: bool) -> None:
     """What a file's writer does before it joins a group round."""
     if data:
         part.write(data, track)
