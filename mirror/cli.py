@@ -190,7 +190,9 @@ def worker_options(f: F) -> F:
         click.option("--checksum/--no-checksum", default=True, envvar="MIRROR_CHECKSUM",
                      show_default=True, help="Check MD5 where the source gives one."),
         click.option("--fsync/--no-fsync", default=True, envvar="MIRROR_FSYNC",
-                     show_default=True, help="Flush each file to disk before it is acked."),
+                     show_default=True,
+                     help="Make each file durable on disk before it is acked (files finished "
+                          "together share each flush); --no-fsync: no flush."),
         click.option("--drain-deadline", type=click.FloatRange(0), default=60.0,
                      envvar="MIRROR_DRAIN_DEADLINE", show_default=True, metavar="S",
                      help="On SIGTERM, let in-flight work finish for this long."),

@@ -245,7 +245,7 @@ async def _fetch(job: FetchJob, disk: Disk, ctx: Context) -> Outcome:
     ctx.stats.inflight += 1
     try:
         if job.size == 0:
-            await disk.run(part.commit, 0, job.mtime, None, alone=disk.fsync)
+            await disk.commit(part, 0, job.mtime, None)
         else:
             await _download(job, part, disk, ctx)
     finally:
@@ -293,7 +293,7 @@ async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: C
     if remaining <= ctx.settings.small_file_max:
         data = await body.read_all()
         ctx.stats.transferred += len(data)
-        await disk.run(_write_and_commit, part, data, track, job, md5, alone=disk.fsync)
+        await disk.commit(part, job.size, job.mtime, md5, data, track)
         return
     direct = body.direct()
     if direct is not None:
@@ -325,7 +325,7 @@ async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: C
         if writing is not None:
             await writing
             writing = None
-        await disk.run(_write_and_commit, part, b"".join(batch), track, job, md5, alone=True)
+        await disk.commit(part, job.size, job.mtime, md5, b"".join(batch), track, alone=True)
     finally:
         if writing is not None:  # the part must not be closed under a running write
             with contextlib.suppress(Exception):
@@ -357,7 +357,7 @@ async def _receive_direct(job: FetchJob, direct: DirectBody, part: PartFile, dis
     finally:
         progress.flush()
         direct.close()
-    await disk.run(_write_and_commit, part, b"", track, job, md5, alone=True)
+    await disk.commit(part, job.size, job.mtime, md5, track=track, alone=True)
 
 
 class _ThreadProgress:
@@ -412,13 +412,6 @@ class RateWatch:
             raise Stalled(f"{what}: {rate:.0f} B/s over the last {elapsed:.0f} s, below the "
                           f"minimum of {self.min_bps:.0f} B/s; resuming")
         self._start, self._bytes = time.monotonic(), 0
-
-
-def _write_and_commit(part: PartFile, data: bytes, track: bool, job: FetchJob,
-                      md5: str | None) -> None:
-    if data:
-        part.write(data, track)
-    part.commit(job.size, job.mtime, md5)
 
 
 def describe(exc: BaseException) -> str:

@@ -4,35 +4,33 @@ Rules kept here (DESIGN "Rules that keep data safe"):
 - a remote path maps to the same relative path under the root, component by component; a
   component that is empty, ``.``, ``..``, holds NUL or ``/``, is not valid UTF-8, is longer than
   NAME_MAX bytes, or ends with our part suffix is refused (``UnsafePath``), never rewritten;
-- every file is written to ``<name>.mirror.part`` beside its target (a hashed hidden name when
-  the name is too long for the suffix), locked with flock against a second writer on this host,
-  checked against the listed size and MD5, stamped with the remote mtime, then renamed;
+- every file is written to ``<name>.mirror.part`` beside its target, locked, checked, stamped,
+  flushed and renamed (``mirror.partfile``; flushes shared by files finished together:
+  ``mirror.groupsync``);
 - symlinks under the root are never followed: every folder on the way is checked with lstat,
   files are opened with O_NOFOLLOW, and rename replaces a link instead of writing through it.
 
-Everything here is blocking and runs in a worker thread (see ``Disk.run``).
+Everything here is blocking and runs in a worker thread (see ``Disk.run``), except
+``Disk.commit``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import fcntl
-import hashlib
 import os
 import stat
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TypeVar
 
 from mirror.diskpool import DiskPool
-from mirror.errors import Busy, DiskFull, FatalError, IntegrityError, MirrorError, UnsafePath
+from mirror.errors import Busy, FatalError, UnsafePath
+from mirror.groupsync import GroupSync
+from mirror.partfile import NAME_MAX, PART_SUFFIX, PartFile, finish, os_error, part_name, prepare
 
 T = TypeVar("T")
-PART_SUFFIX = ".mirror.part"
-NAME_MAX = 255
 PATH_MAX = 4096
 _DIR_CACHE = 50_000  # folders known to exist; bounded so memory does not grow with the bucket
 
@@ -74,170 +72,39 @@ def split_path(path: str) -> list[str]:
     return parts
 
 
-def part_name(name: str) -> str:
-    if len(name.encode("utf-8")) + len(PART_SUFFIX) <= NAME_MAX:
-        return name + PART_SUFFIX
-    return "." + hashlib.sha1(name.encode("utf-8")).hexdigest()[:24] + PART_SUFFIX
-
-
-def os_error(exc: OSError, what: str, root: Path) -> MirrorError:
-    """Translate a filesystem error; disk-wide problems are fatal for this worker."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull(f"no space left on the disk of {root} while {what}; free space or "
-                        "move its shards to another disk, then restart the worker")
-    if exc.errno == errno.ENAMETOOLONG:
-        return UnsafePath(f"{what}: name too long for the local filesystem")
-    if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ELOOP):
-        return UnsafePath(f"{what}: a file and a folder of the same name ({exc.strerror})")
-    return FatalError(f"cannot write under {root} while {what}: {exc.strerror or exc}")
-
-
-class PartFile:
-    """An open, locked ``.part`` file; ``size`` is how many bytes it already holds."""
-
-    def __init__(self, disk: Disk, dir_path: str, name: str, fd: int, size: int) -> None:
-        self._disk = disk
-        self._dir = dir_path
-        self.name = name
-        self.part = part_name(name)
-        self._fd = fd
-        self.size = size
-        self._md5: hashlib._Hash | None = None
-        self._renamed = False
-
-    @property
-    def target(self) -> str:
-        return os.path.join(self._dir, self.name)
-
-    def _part_path(self) -> str:
-        return os.path.join(self._dir, self.part)
-
-    @property
-    def is_open(self) -> bool:
-        return self._fd >= 0
-
-    def restart(self, offset: int = 0) -> None:
-        """Forget everything after ``offset`` (0: start over)."""
-        os.ftruncate(self._fd, offset)
-        self.size = offset
-        self._md5 = None
-
-    def _hash_prefix(self) -> hashlib._Hash:
-        h = hashlib.md5()
-        remaining, pos = self.size, 0
-        while remaining > 0:
-            block = os.pread(self._fd, min(remaining, 1 << 20), pos)
-            if not block:
-                break
-            h.update(block)
-            pos += len(block)
-            remaining -= len(block)
-        return h
-
-    def write(self, data: bytes, track_md5: bool) -> None:
-        self.write_many([data], track_md5)
-
-    def write_many(self, chunks: list[bytes], track_md5: bool) -> None:
-        """Append the chunks with as few system calls as possible (no joining copy)."""
-        try:
-            if track_md5 and self._md5 is None:
-                self._md5 = self._hash_prefix()
-            views = [memoryview(c) for c in chunks if c]
-            pos = self.size
-            while views:
-                # pwritev may write less than asked (a disk filling up): go on from there
-                written = os.pwritev(self._fd, views[:IOV_MAX], pos)
-                if written <= 0:
-                    raise OSError(errno.ENOSPC, "no byte written")
-                pos += written
-                while views and written >= len(views[0]):
-                    written -= len(views[0])
-                    views.pop(0)
-                if written:
-                    views[0] = views[0][written:]
-        except OSError as exc:
-            raise os_error(exc, f"writing {self.target}", self._disk.root) from exc
-        for chunk in chunks:
-            if self._md5 is not None:
-                self._md5.update(chunk)
-            self.size += len(chunk)
-
-    def write_from(self, body: DirectSource, track_md5: bool,
-                   on_bytes: Callable[[int], None]) -> None:
-        """Append what ``body`` copies from its socket; ``size`` follows every block, so a
-        failure part-way leaves a part file to resume from."""
-        if track_md5 and self._md5 is None:
-            self._md5 = self._hash_prefix()
-
-        def written(n: int) -> None:
-            self.size += n
-            on_bytes(n)
-
-        try:
-            body.copy_to(self._fd, self.size, self._md5 if track_md5 else None, written)
-        except OSError as exc:
-            self._md5 = None  # it may hold bytes that did not reach the file: hash afresh
-            raise os_error(exc, f"writing {self.target}", self._disk.root) from exc
-
-    def commit(self, expected_size: int, mtime: float | None, md5: str | None) -> None:
-        """Check, stamp and rename into place. On a mismatch the part is deleted."""
-        if self.size != expected_size:
-            self.discard()
-            raise IntegrityError(
-                f"{self.target}: got {self.size} bytes, the listing says {expected_size}"
-            )
-        if md5 is not None:
-            got = (self._md5 or self._hash_prefix()).hexdigest()
-            if got != md5:
-                self.discard()
-                raise IntegrityError(f"{self.target}: MD5 {got} does not match the source's {md5}")
-        try:
-            if self._disk.fsync:
-                os.fsync(self._fd)
-            if mtime is not None:
-                ns = int(mtime * 1_000_000_000)
-                os.utime(self._fd, ns=(ns, ns))
-            os.rename(self._part_path(), self.target)
-            self._renamed = True
-        except OSError as exc:
-            raise os_error(exc, f"finishing {self.target}", self._disk.root) from exc
-        finally:
-            self.close()
-
-    def discard(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._part_path())
-        self.close()
-
-    def close(self) -> None:
-        """Close and unlock; a part file with bytes in it stays for a later resume."""
-        if self._fd >= 0:
-            if self.size == 0 and not self._renamed:  # nothing to resume: leave no trace
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._part_path())
-            os.close(self._fd)
-            self._fd = -1
-
-
-IOV_MAX = 1024  # buffers per pwritev call (Linux's limit)
-
-
-class DirectSource(Protocol):
-    """What ``PartFile.write_from`` reads (``mirror.sources.direct.DirectBody``)."""
-
-    def copy_to(self, fd: int, pos: int, md5: Any, on_bytes: Callable[[int], None]) -> None: ...
-
-
 class Disk:
-    """A mirror root. Methods are blocking; call them through ``await disk.run(...)``."""
+    """A mirror root. Methods are blocking; call them through ``await disk.run(...)``,
+    except ``commit``.
 
-    def __init__(self, root: Path, *, fsync: bool = True,
+    ``fsync``: no job is acked before its file is durably in place; ``grouped``: files
+    finished together share their flushes (``mirror.groupsync``), otherwise each file is
+    fsynced with its folder on its own. Without ``fsync`` nothing is flushed.
+    """
+
+    def __init__(self, root: Path, *, fsync: bool = True, grouped: bool = True,
                  pool: DiskPool | None = None) -> None:
         self.root = root
         self.fsync = fsync
         self._root_str = str(root)
         self._dirs: OrderedDict[str, None] = OrderedDict()
         self._pool = pool
+        self.group = GroupSync(root, self.run, os_error) if fsync and grouped else None
+
+    async def commit(self, part: PartFile, expected_size: int, mtime: float | None,
+                     md5: str | None, data: bytes = b"", track: bool = False, *,
+                     alone: bool = False) -> None:
+        """Append ``data``, check, stamp, flush and rename into place; returns once the file
+        is durably in place (with ``fsync``), and the part is closed. ``alone`` for a call
+        that may take long (a large ``data``, a resumed part to hash)."""
+        group = self.group
+        if group is None:
+            await self.run(finish, part, data, track, expected_size, mtime, md5,
+                           alone=alone or self.fsync)
+            return
+        own = part.size + len(data) >= group.own_sync_bytes
+        await self.run(prepare, part, data, track, expected_size, mtime, md5, own,
+                       alone=alone or own)
+        await group.settle(part)
 
     async def run(self, fn: Callable[..., T], *args: object, alone: bool = False) -> T:
         """Run blocking file work off the loop; ``alone`` for calls that may take long."""
@@ -295,6 +162,8 @@ class Disk:
         if _current(target, size, mtime, window_s):
             return None
         dir_path = self._ensure_dirs(parts[:-1])
+        if self.group is not None:
+            self.group.prime()
         name = parts[-1]
         fd, created = self._open_locked(os.path.join(dir_path, part_name(name)), path)
         if created:
@@ -372,3 +241,7 @@ class Placement:
             return self._disks[shard]
         except KeyError:
             raise FatalError(f"this worker has no disk for shard {shard}") from None
+
+
+__all__ = ["NAME_MAX", "PART_SUFFIX", "Disk", "PartFile", "Placement", "check_name", "os_error",
+           "part_name", "split_path"]
