@@ -23,6 +23,7 @@ way TCP's slow start does and then holds where more stops paying:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import time
@@ -142,10 +143,19 @@ class AdaptiveLimit:
         self._account()
         await self.slots.acquire()
         self._account()
+        _holding.set(_Hold(self))
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
+        hold = _holding.get()
+        _holding.set(None)
+        if hold is not None and hold.limit is self and not hold.handed_back:
+            self._account()
+            self.slots.release()
+
+    def _hand_back(self, hold: _Hold) -> None:
+        hold.handed_back = True
         self._account()
         self.slots.release()
 
@@ -251,6 +261,25 @@ class AdaptiveLimit:
                 self.changed(limit)
 
 
+@dataclass
+class _Hold:
+    limit: AdaptiveLimit
+    handed_back: bool = False
+
+
+# The slot the current task holds, so that code deep in a transfer can give it back early.
+_holding: contextvars.ContextVar[_Hold | None] = contextvars.ContextVar("holding", default=None)
+
+
+def hand_back() -> None:
+    """Give the current task's slot back before its work is quite done: a file that waits
+    for its group commit (``mirror.groupsync``) moves no bytes, and the next transfer may
+    start meanwhile. The work still counts as done (``done``) when it ends."""
+    hold = _holding.get()
+    if hold is not None and not hold.handed_back:
+        hold.limit._hand_back(hold)
+
+
 @dataclass(frozen=True)
 class _Epoch:
     limit: int
@@ -264,4 +293,4 @@ class _Epoch:
         return max(gains, default=1.0)
 
 
-__all__ = ["AdaptiveLimit", "LimitReading", "Slots"]
+__all__ = ["AdaptiveLimit", "LimitReading", "Slots", "hand_back"]

@@ -16,7 +16,7 @@ from typing import Literal
 
 from mirror.batches import FileOutbox, pack
 from mirror.broker import Broker, Topology
-from mirror.concurrency import AdaptiveLimit
+from mirror.concurrency import AdaptiveLimit, hand_back
 from mirror.disk import Disk, PartFile, Placement, check_name
 from mirror.errors import (
     IntegrityError,
@@ -245,7 +245,7 @@ async def _fetch(job: FetchJob, disk: Disk, ctx: Context) -> Outcome:
     ctx.stats.inflight += 1
     try:
         if job.size == 0:
-            await disk.commit(part, 0, job.mtime, None)
+            await disk.commit(part, 0, job.mtime, None, waiting=hand_back)
         else:
             await _download(job, part, disk, ctx)
     finally:
@@ -293,7 +293,7 @@ async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: C
     if remaining <= ctx.settings.small_file_max:
         data = await body.read_all()
         ctx.stats.transferred += len(data)
-        await disk.commit(part, job.size, job.mtime, md5, data, track)
+        await disk.commit(part, job.size, job.mtime, md5, data, track, waiting=hand_back)
         return
     direct = body.direct()
     if direct is not None:
@@ -325,7 +325,8 @@ async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: C
         if writing is not None:
             await writing
             writing = None
-        await disk.commit(part, job.size, job.mtime, md5, b"".join(batch), track, alone=True)
+        await disk.commit(part, job.size, job.mtime, md5, b"".join(batch), track, alone=True,
+                          waiting=hand_back)
     finally:
         if writing is not None:  # the part must not be closed under a running write
             with contextlib.suppress(Exception):
@@ -357,7 +358,8 @@ async def _receive_direct(job: FetchJob, direct: DirectBody, part: PartFile, dis
     finally:
         progress.flush()
         direct.close()
-    await disk.commit(part, job.size, job.mtime, md5, track=track, alone=True)
+    await disk.commit(part, job.size, job.mtime, md5, track=track, alone=True,
+                      waiting=hand_back)
 
 
 class _ThreadProgress:

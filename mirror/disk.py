@@ -92,10 +92,11 @@ class Disk:
 
     async def commit(self, part: PartFile, expected_size: int, mtime: float | None,
                      md5: str | None, data: bytes = b"", track: bool = False, *,
-                     alone: bool = False) -> None:
+                     alone: bool = False, waiting: Callable[[], None] | None = None) -> None:
         """Append ``data``, check, stamp, flush and rename into place; returns once the file
         is durably in place (with ``fsync``), and the part is closed. ``alone`` for a call
-        that may take long (a large ``data``, a resumed part to hash)."""
+        that may take long (a large ``data``, a resumed part to hash). ``waiting`` is
+        called once the file only waits for its group's sync."""
         group = self.group
         if group is None:
             await self.run(finish, part, data, track, expected_size, mtime, md5,
@@ -104,6 +105,8 @@ class Disk:
         own = part.size + len(data) >= group.own_sync_bytes
         await self.run(prepare, part, data, track, expected_size, mtime, md5, own,
                        alone=alone or own)
+        if waiting is not None:
+            waiting()
         await group.settle(part)
 
     async def run(self, fn: Callable[..., T], *args: object, alone: bool = False) -> T:
