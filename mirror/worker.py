@@ -209,7 +209,10 @@ class Worker:
             total = self._pool.total_limit()
             # Plus what is still fetched here (handed over, the pool needs its own share).
             return total + max(2, total // 4) + self._fetch_slots.slots.held
-        return self._fetch_slots.limit
+        # A margin for files that gave their slot back while they wait for their group
+        # commit: they still hold their message.
+        limit = self._fetch_slots.limit
+        return limit + max(2, limit // 4)
 
     def _use_pool(self) -> bool:
         if self._pooled or self._pool is None:
