@@ -174,7 +174,7 @@ def worker_options(f: F) -> F:
     options = [
         click.option("--concurrency", type=click.IntRange(1, 1024), default=None,
                      envvar="MIRROR_CONCURRENCY", metavar="N",
-                     help="Simultaneous downloads, fixed. Default: adaptive, from 16 up to "
+                     help="Simultaneous downloads, fixed. Default: adaptive, from 32 up to "
                      "--max-concurrency, as far as more transfers bring more throughput."),
         click.option("--max-concurrency", type=click.IntRange(1, 1024), default=256,
                      envvar="MIRROR_MAX_CONCURRENCY", show_default=True, metavar="N",

@@ -105,6 +105,7 @@ class AdaptiveLimit:
     def __init__(self, initial: int, maximum: int, *, minimum: int = 1, adaptive: bool = True,
                  name: str = "transfers", clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
+        self._unit = "pages/s" if name == "listings" else "files/s"
         self.maximum = max(1, maximum)
         self.minimum = max(1, min(minimum, self.maximum))
         self.adaptive = adaptive
@@ -178,7 +179,7 @@ class AdaptiveLimit:
         each_s = max(0.0, self._held_s - (waited - self._waited_mark)) / self._done
         self._waited_mark = waited
         # A few turns of a slot make an epoch: 0.24 s for a source 60 ms away, where half a
-        # second per step made the climb from 16 to 256 a good part of a short job.
+        # second per step made the climb from 32 to 256 a good part of a short job.
         turns = TURNS_PER_EPOCH if self.phase != "start-up" else TURNS_PER_STARTUP_EPOCH
         self._epoch_s = min(EPOCH_MIN_S, max(EPOCH_FLOOR_S, turns * turn_s))
         self._epoch_start, self._saturated_s, self._held_s = now, 0.0, 0.0
@@ -214,7 +215,7 @@ class AdaptiveLimit:
         limit = epoch.limit
         if self.phase == "start-up":
             if last is None or last.limit >= limit or epoch.gain_over(last) >= STARTUP_GAIN:
-                self._set(limit * 2, f"start-up: {epoch.files_s:.0f} files/s at {limit} "
+                self._set(limit * 2, f"start-up: {epoch.files_s:.0f} {self._unit} at {limit} "
                           "at once")
                 return
             self.phase = "steady"
@@ -234,7 +235,7 @@ class AdaptiveLimit:
                 self._set(before, f"{limit} at once lost {1 - gain:.0%} against {before}: "
                           f"back to {before}")
             else:
-                self.reason = f"{limit} at once: {epoch.files_s:.0f} files/s"
+                self.reason = f"{limit} at once: {epoch.files_s:.0f} {self._unit}"
             return
         self._counted += 1
         if self._counted < PROBE_EVERY:

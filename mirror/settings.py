@@ -39,7 +39,7 @@ class WorkerSettings:
     role: Role = "all"
     # Simultaneous downloads: where the adaptive limit starts (mirror.concurrency), or what
     # it is pinned to; it stays within max_concurrency.
-    concurrency: int = 16
+    concurrency: int = 32
     max_concurrency: int = 256
     adaptive_concurrency: bool = True
     list_concurrency: int = 4  # simultaneous listing pages, the same way

@@ -85,7 +85,8 @@ async def mirror_with_readings(tmp_path: Path, files: int, max_backlog: int,
         (tmp_path / "dest").mkdir()
         disk = Disk(tmp_path / "dest", fsync=False)
         worker = Worker(broker, spec, source, Placement.single(disk, spec.shards),
-                        WorkerSettings(fsync=False, concurrency=4, max_backlog=max_backlog))
+                        WorkerSettings(fsync=False, concurrency=4, max_concurrency=4,
+                                       max_backlog=max_backlog))
         progress = Progress(worker.stats, broker, worker.topology, live=False, worker=worker)
         readings: list[tuple[float, View, int]] = []
         try:

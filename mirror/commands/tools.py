@@ -132,7 +132,9 @@ def ls(ctx: click.Context, /, source: str, recursive: bool, long_format: bool, *
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path),
                 required=False)
 @click.option("--synthetic", type=click.IntRange(1), default=None, metavar="N",
-              help="Serve a made-up bucket of N files (1,000 per folder) instead of ROOT.")
+              help="Serve a made-up bucket of N files instead of ROOT.")
+@click.option("--per-folder", type=click.IntRange(1), default=1000, show_default=True,
+              metavar="N", help="Files per folder of the synthetic bucket.")
 @click.option("--max-size", type=SIZE, default="4K", show_default=True,
               help="Largest synthetic file.")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -157,7 +159,8 @@ def ls(ctx: click.Context, /, source: str, recursive: bool, long_format: bool, *
               help="Send each body no faster than this (bytes/s, e.g. 100K); 0: no limit.")
 @click.option("--seed", type=int, default=0, help="Seed of the fault draw.")
 @click.pass_context
-def fake_upyun(ctx: click.Context, /, root: Path | None, synthetic: int | None, max_size: int,
+def fake_upyun(ctx: click.Context, /, root: Path | None, synthetic: int | None,
+               per_folder: int, max_size: int,
                host: str, port: int, bucket: str, operator: str,
                password: str, fault_429: float, fault_503: float, fault_truncate: float,
                fault_drop: float, fault_random: float, latency: float, body_rate: int,
@@ -168,7 +171,7 @@ def fake_upyun(ctx: click.Context, /, root: Path | None, synthetic: int | None, 
 
     if (root is None) == (synthetic is None):
         raise click.UsageError("give a ROOT folder or --synthetic N")
-    made_up = (SyntheticBucket(synthetic, seed=seed, max_size=max_size)
+    made_up = (SyntheticBucket(synthetic, seed=seed, per_folder=per_folder, max_size=max_size)
                if synthetic is not None else None)
 
     start_logging(ctx, False)
