@@ -11,7 +11,7 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,11 +21,12 @@ from mirror.disk import Disk, Placement
 from mirror.diskpool import disk_pool
 from mirror.errors import ConfigError, FatalError, NotFound
 from mirror.jobs import Job, JobSpec, ListJob
+from mirror.jobsource import source_for
 from mirror.parking import journal_path, write_journal
 from mirror.progress import Progress, summary
 from mirror.ratelimit import Limiter, RateSettings
 from mirror.settings import SourceSettings, WorkerSettings
-from mirror.sources import Source, open_source
+from mirror.sources import Source
 from mirror.stats import Stats
 from mirror.worker import Worker
 
@@ -130,11 +131,6 @@ async def seed(broker: Broker, spec: JobSpec, *, force: bool = False,
         return spec, f"job {spec.name}: {len(initial)} parked jobs queued again"
     await broker.publish([ListJob("")])
     return spec, f"job {spec.name} seeded: listing {spec.source}"
-
-
-def source_for(spec: JobSpec, settings: SourceSettings, limiter: Limiter | None = None) -> Source:
-    return open_source(spec.source, replace(settings, endpoint=spec.endpoint,
-                                            list_limit=spec.list_limit), limiter)
 
 
 @contextlib.asynccontextmanager
@@ -324,4 +320,4 @@ def report(outcome: Outcome) -> str:
     return text
 
 
-__all__ = ["Outcome", "WorkOptions", "run_job", "seed", "work"]
+__all__ = ["Outcome", "WorkOptions", "run_job", "seed", "source_for", "work"]
