@@ -191,8 +191,6 @@ class Progress:
         except Exception as exc:  # a reconnecting broker must not break the display
             log.debug("no queue depths: %s", exc)
             depths = {}
-        if depths:
-            s.queue_ready = {q: d.ready for q, d in depths.items()}
         held, listing_here = 0, 0
         if self._worker is not None:
             held = self._worker.snapshot()[0]

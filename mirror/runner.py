@@ -209,11 +209,13 @@ async def _exported(broker: Broker, spec: JobSpec, worker: Worker, stats: Stats,
                     placement: Placement, options: WorkOptions) -> Outcome:
     exporter = None
     if options.metrics_addr:
-        from mirror.metrics import Exporter, Sources  # prometheus_client: only when asked for
+        # prometheus_client: only when asked for
+        from mirror.metrics import Exporter, QueueReading, Sources
 
+        queues = QueueReading(broker.depths, asyncio.get_running_loop())
         exporter = Exporter(options.metrics_addr, Sources(
             spec.name, options.worker.role, spec.source.partition("://")[0], stats,
-            worker.limiter, placement, options.worker, worker.controls))
+            worker.limiter, placement, options.worker, worker.controls, queues.ready))
         await asyncio.to_thread(exporter.start)
     try:
         return await _work(broker, worker, stats, options)
