@@ -191,7 +191,7 @@ class _Child:
 
 
 class FetchPool:
-    def __init__(self, processes: int, spec: JobSpec, source: SourceSettings,
+    def __init__(self, processes: int, spec: JobSpec, source: SourceSettings,  # noqa: PLR0913  (every setting a fetch process needs)
                  worker: WorkerSettings, placement: Placement, rates: RateSettings,
                  stats: Stats, forked: Sequence[Forked] = ()) -> None:
         if processes < 2:

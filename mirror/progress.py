@@ -138,7 +138,7 @@ class Holder(Protocol):
 
 
 class Progress:
-    def __init__(self, stats: Stats, broker: Broker, topology: Topology, *, live: bool,
+    def __init__(self, stats: Stats, broker: Broker, topology: Topology, *, live: bool,  # noqa: PLR0913  (keyword options of the display)
                  log_every_s: float = 10.0, console: Console | None = None,
                  limiter: Limiter | None = None, worker: Holder | None = None) -> None:
         self._stats = stats

@@ -176,7 +176,7 @@ def forked_fetchers(options: WorkOptions) -> Iterator[list[Forked]]:
         reap(forked)
 
 
-async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placement,
+async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placement,  # noqa: PLR0913  (the parts a command assembles)
                options: WorkOptions, stats: Stats | None = None,
                limiter: Limiter | None = None,
                source_settings: SourceSettings | None = None,
@@ -242,7 +242,7 @@ async def _work(broker: Broker, worker: Worker, stats: Stats, options: WorkOptio
     return Outcome(stats, max(parked, stats.parked), fatal)
 
 
-async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,
+async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,  # noqa: PLR0913  (the parts a command assembles)
                   source_settings: SourceSettings, options: WorkOptions,
                   state_dir: Path, initial: Sequence[Job] | None = None,
                   keep_parked: Sequence[ParkedJob] = (), forked: Sequence[Forked] = ()
