@@ -36,7 +36,7 @@ class _Heard:
 
 
 class Presence:
-    def __init__(self, broker: Broker, role: str, queues: list[str], snapshot: Snapshot,
+    def __init__(self, broker: Broker, role: str, queues: list[str], snapshot: Snapshot,  # noqa: PLR0913  (the worker's hooks, each optional)
                  interval_s: float = 1.0, on_stop: Callable[[str], None] | None = None,
                  counts: Callable[[], dict[str, int]] | None = None,
                  on_idle_peer: Callable[[], None] | None = None,
@@ -190,7 +190,7 @@ class Presence:
                 await asyncio.wait_for(self._heard.wait(), left)
 
 
-async def job_done(broker: Broker, topology: Topology, presence: Presence,
+async def job_done(broker: Broker, topology: Topology, presence: Presence,  # noqa: PLR0911, PLR0912  (each return is one way the job is not done yet, in the order that is safe)
                    own: Snapshot) -> bool:
     """True only when no work of the job is queued, delayed or held by any worker."""
     if own()[0]:

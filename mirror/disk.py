@@ -90,7 +90,7 @@ class Disk:
         self._pool = pool
         self.group = GroupSync(root, self.run, os_error) if fsync and grouped else None
 
-    async def commit(self, part: PartFile, expected_size: int, mtime: float | None,
+    async def commit(self, part: PartFile, expected_size: int, mtime: float | None,  # noqa: PLR0913  (what one file's commit checks and stamps)
                      md5: str | None, data: bytes = b"", track: bool = False, *,
                      alone: bool = False, waiting: Callable[[], None] | None = None) -> None:
         """Append ``data``, check, stamp, flush and rename into place; returns once the file

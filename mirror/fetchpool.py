@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mirror import errors
-from mirror.aio import run_async
+from mirror.aio import run_async, tune_gc
 from mirror.broker import Topology
 from mirror.broker.memory import MemoryBroker
 from mirror.controls import local
@@ -44,6 +44,7 @@ from mirror.disk import Disk, Placement
 from mirror.diskpool import DiskPool, disk_pool
 from mirror.errors import ConfigError, ErrorDetail, MirrorError, SourceUnavailable
 from mirror.jobs import FetchJob, JobSpec, encode_job, job_from_dict
+from mirror.jobsource import source_for
 from mirror.prefork import Forked, ForkedProcess, fork_children, reap
 from mirror.ratelimit import Limiter, RateSettings
 from mirror.settings import SourceSettings, WorkerSettings
@@ -190,7 +191,7 @@ class _Child:
 
 
 class FetchPool:
-    def __init__(self, processes: int, spec: JobSpec, source: SourceSettings,
+    def __init__(self, processes: int, spec: JobSpec, source: SourceSettings,  # noqa: PLR0913  (every setting a fetch process needs)
                  worker: WorkerSettings, placement: Placement, rates: RateSettings,
                  stats: Stats, forked: Sequence[Forked] = ()) -> None:
         if processes < 2:
@@ -314,8 +315,6 @@ class FetchPool:
 
 def _context(setup: Mapping[str, Any], pool: DiskPool) -> Context:
     """What ``fetch_file`` needs, from the setup line the worker sent."""
-    from mirror.runner import source_for
-
     spec = JobSpec.from_json(json.dumps(setup["spec"]).encode())
     worker = WorkerSettings(**setup["worker"])
     disks: dict[str, Disk] = {}
@@ -423,6 +422,7 @@ def child(requests: IO[bytes], answers: IO[bytes]) -> None:
     """A fetch process: answer the requests of one pipe on the other until the first ends."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True,
                         format=f"fetch process {os.getpid()}: %(levelname)s %(message)s")
+    tune_gc()  # a fetch process is mirror's own, like the command that started it
     run_async(_child_main(requests, answers))
 
 

@@ -8,12 +8,16 @@ file paths or credentials.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import math
 import os
 import socket
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -26,6 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from mirror import __version__
+from mirror.broker import QueueDepth
 from mirror.controls import Control
 from mirror.disk import Placement
 from mirror.errors import ConfigError
@@ -36,6 +41,55 @@ from mirror.stats import Histogram, Stats
 log = logging.getLogger(__name__)
 PREFIX = "bucket_mirror"
 STATES = ("free", "probing", "limited", "holding")
+
+
+class QueueReading:
+    """The job's ready messages per queue, read from the broker when Prometheus scrapes.
+
+    The collector runs in the exporter's thread and the broker on the event loop: a scrape
+    hands the loop one ``depths()`` call and waits for it a little. A reading younger than
+    ``max_age_s`` serves further scrapes; a broker that fails or is slow to answer leaves the
+    last good reading in place.
+    """
+
+    def __init__(self, depths: Callable[[], Awaitable[Mapping[str, QueueDepth]]],
+                 loop: asyncio.AbstractEventLoop, *, max_age_s: float = 1.0,
+                 timeout_s: float = 2.0) -> None:
+        self._depths = depths
+        self._loop = loop
+        self._max_age_s = max_age_s
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()  # scrapes may come in parallel: one reading at a time
+        self._last: dict[str, int] = {}
+        self._read_at: float | None = None
+
+    async def _read(self) -> dict[str, int]:
+        return {q: d.ready for q, d in (await self._depths()).items()}
+
+    def ready(self) -> dict[str, int]:
+        """From a thread other than the loop's (the exporter's)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._read_at is not None and now - self._read_at < self._max_age_s:
+                return self._last
+            try:
+                future = asyncio.run_coroutine_threadsafe(self._read(), self._loop)
+            except RuntimeError:  # the loop is closed: the work has ended
+                return self._last
+            try:
+                self._last = future.result(self._timeout_s)
+                self._read_at = time.monotonic()
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                log.debug("queue depths took over %.1f s; the last reading stays",
+                          self._timeout_s)
+            except Exception as exc:  # a reconnecting broker must not break the scrape
+                log.debug("no queue depths: %s", exc)
+            return self._last
+
+
+def _no_queues() -> dict[str, int]:
+    return {}
 
 
 @dataclass
@@ -50,6 +104,8 @@ class Sources:
     placement: Placement
     settings: WorkerSettings
     controls: Callable[[], list[Control]]  # the worker's adaptive rates and limits
+    # Ready messages per queue of the job (``QueueReading.ready``), read on each scrape.
+    queue_ready: Callable[[], Mapping[str, int]] = field(default=_no_queues)
 
 
 def _histogram(name: str, doc: str, labels: dict[str, str], h: Histogram,
@@ -176,15 +232,16 @@ class MirrorCollector(Collector):
         yield free
         yield size
 
+        ready = self.src.queue_ready()
         queues = GaugeMetricFamily(f"{PREFIX}_queue_ready",
-                                   "Ready jobs per queue of the job, as last read by this "
-                                   "worker.", labels=["mirror_job", "queue"])
-        for queue, n in sorted(s.queue_ready.items()):
+                                   "Ready jobs per queue of the job, as this worker read them "
+                                   "for the scrape.", labels=["mirror_job", "queue"])
+        for queue, n in sorted(ready.items()):
             queues.add_metric([job, queue], n)
         yield queues
         parked = GaugeMetricFamily(f"{PREFIX}_parked_jobs", "Jobs in the parked queue.",
                                    labels=["mirror_job"])
-        parked.add_metric([job], s.queue_ready.get(f"{job}.parked", s.parked))
+        parked.add_metric([job], ready.get(f"{job}.parked", s.parked))
         yield parked
 
     def _simple_counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -238,4 +295,4 @@ class Exporter:
             self._server = None
 
 
-__all__ = ["Exporter", "MirrorCollector", "Sources", "parse_addr"]
+__all__ = ["Exporter", "MirrorCollector", "QueueReading", "Sources", "parse_addr"]

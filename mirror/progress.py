@@ -138,7 +138,7 @@ class Holder(Protocol):
 
 
 class Progress:
-    def __init__(self, stats: Stats, broker: Broker, topology: Topology, *, live: bool,
+    def __init__(self, stats: Stats, broker: Broker, topology: Topology, *, live: bool,  # noqa: PLR0913  (keyword options of the display)
                  log_every_s: float = 10.0, console: Console | None = None,
                  limiter: Limiter | None = None, worker: Holder | None = None) -> None:
         self._stats = stats
@@ -191,8 +191,6 @@ class Progress:
         except Exception as exc:  # a reconnecting broker must not break the display
             log.debug("no queue depths: %s", exc)
             depths = {}
-        if depths:
-            s.queue_ready = {q: d.ready for q, d in depths.items()}
         held, listing_here = 0, 0
         if self._worker is not None:
             held = self._worker.snapshot()[0]

@@ -11,7 +11,7 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,11 +21,12 @@ from mirror.disk import Disk, Placement
 from mirror.diskpool import disk_pool
 from mirror.errors import ConfigError, FatalError, NotFound
 from mirror.jobs import Job, JobSpec, ListJob
+from mirror.jobsource import source_for
 from mirror.parking import journal_path, write_journal
 from mirror.progress import Progress, summary
 from mirror.ratelimit import Limiter, RateSettings
 from mirror.settings import SourceSettings, WorkerSettings
-from mirror.sources import Source, open_source
+from mirror.sources import Source
 from mirror.stats import Stats
 from mirror.worker import Worker
 
@@ -132,11 +133,6 @@ async def seed(broker: Broker, spec: JobSpec, *, force: bool = False,
     return spec, f"job {spec.name} seeded: listing {spec.source}"
 
 
-def source_for(spec: JobSpec, settings: SourceSettings, limiter: Limiter | None = None) -> Source:
-    return open_source(spec.source, replace(settings, endpoint=spec.endpoint,
-                                            list_limit=spec.list_limit), limiter)
-
-
 @contextlib.asynccontextmanager
 async def _signals(worker: Worker) -> AsyncIterator[None]:
     """First SIGINT/SIGTERM drains; a second one gives in-flight work back at once."""
@@ -180,7 +176,7 @@ def forked_fetchers(options: WorkOptions) -> Iterator[list[Forked]]:
         reap(forked)
 
 
-async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placement,
+async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placement,  # noqa: PLR0913  (the parts a command assembles)
                options: WorkOptions, stats: Stats | None = None,
                limiter: Limiter | None = None,
                source_settings: SourceSettings | None = None,
@@ -213,11 +209,13 @@ async def _exported(broker: Broker, spec: JobSpec, worker: Worker, stats: Stats,
                     placement: Placement, options: WorkOptions) -> Outcome:
     exporter = None
     if options.metrics_addr:
-        from mirror.metrics import Exporter, Sources  # prometheus_client: only when asked for
+        # prometheus_client: only when asked for
+        from mirror.metrics import Exporter, QueueReading, Sources
 
+        queues = QueueReading(broker.depths, asyncio.get_running_loop())
         exporter = Exporter(options.metrics_addr, Sources(
             spec.name, options.worker.role, spec.source.partition("://")[0], stats,
-            worker.limiter, placement, options.worker, worker.controls))
+            worker.limiter, placement, options.worker, worker.controls, queues.ready))
         await asyncio.to_thread(exporter.start)
     try:
         return await _work(broker, worker, stats, options)
@@ -244,7 +242,7 @@ async def _work(broker: Broker, worker: Worker, stats: Stats, options: WorkOptio
     return Outcome(stats, max(parked, stats.parked), fatal)
 
 
-async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,
+async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,  # noqa: PLR0913  (the parts a command assembles)
                   source_settings: SourceSettings, options: WorkOptions,
                   state_dir: Path, initial: Sequence[Job] | None = None,
                   keep_parked: Sequence[ParkedJob] = (), forked: Sequence[Forked] = ()
@@ -324,4 +322,4 @@ def report(outcome: Outcome) -> str:
     return text
 
 
-__all__ = ["Outcome", "WorkOptions", "run_job", "seed", "work"]
+__all__ = ["Outcome", "WorkOptions", "run_job", "seed", "source_for", "work"]

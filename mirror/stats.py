@@ -57,7 +57,6 @@ class Stats:
     parked_by: dict[str, int] = field(default_factory=dict)
     inflight: int = 0  # transfers running now
     file_seconds: Histogram = field(default_factory=lambda: Histogram(FILE_SECONDS))
-    queue_ready: dict[str, int] = field(default_factory=dict)  # last reading of the queues
     # Requests the fetch processes sent, by (budget, HTTP status), as they reported them.
     pool_requests: dict[tuple[str, int], int] = field(default_factory=dict)
     last_done_at: float = 0.0  # wall-clock time of the last file fetched or found current

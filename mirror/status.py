@@ -19,7 +19,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from mirror.backlog import fetch_backlog, files_per_message
-from mirror.broker import Broker, QueueDepth, Topology
+from mirror.broker import QueueDepth, Topology
+from mirror.broker.admin import BrokerAdmin
 from mirror.controls import Control
 from mirror.progress import human_bytes, human_duration
 
@@ -117,7 +118,7 @@ class Reports:
         self.latest.clear()
 
 
-async def take(broker: Broker, topology: Topology, reports: Reports, *, broker_url: str,
+async def take(broker: BrokerAdmin, topology: Topology, reports: Reports, *, broker_url: str,
                management: str | None, listen_s: float = 2.0) -> Snapshot:
     """Ask every live worker for a report, listen ``listen_s`` seconds, read the queues.
 

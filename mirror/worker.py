@@ -64,7 +64,7 @@ class Pool(Protocol):
 
 
 class Worker:
-    def __init__(self, broker: Broker, spec: JobSpec, source: Source, placement: Placement,
+    def __init__(self, broker: Broker, spec: JobSpec, source: Source, placement: Placement,  # noqa: PLR0913  (the worker's parts, injected)
                  settings: WorkerSettings, stats: Stats | None = None,
                  limiter: Limiter | None = None, pool: Pool | None = None,
                  pool_when_needed: bool = False) -> None:
@@ -318,7 +318,7 @@ class Worker:
             if task is not None:
                 self._handlers.discard(task)
 
-    async def _deliver_files(self, parts: list[FileDelivery]) -> None:
+    async def _deliver_files(self, parts: list[FileDelivery]) -> None:  # noqa: PLR0912  (the second delivery path, until the broker unpacks batches)
         """The files of one batch message, fetched as one request to the fetch processes."""
         assert self._pool is not None
         if not self._use_pool():

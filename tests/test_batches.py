@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -92,6 +93,13 @@ async def one_batch(brokers: Factory, job_name: str,
     return b, await declared(b, job_name, [FetchBatch(files)]), files
 
 
+async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 async def first_event(events: list[dict[str, Any]]) -> None:
     for _ in range(50):
         if events:
@@ -165,11 +173,20 @@ async def test_batches_settled_together_share_one_event(brokers: Factory,
         d.outcome = "fetched"
         await d.ack()
 
-    await collect(b, t.fetch_queue(0), 2, split_batches(fetched, b, job_name), prefetch=2)
-    await wait_depth(b, t.fetch_queue(0), 0)
-    await first_event(events)
-    await asyncio.sleep(0.2)  # a second event, if one were sent, would be here by now
-    [event] = events
+    split = split_batches(fetched, b, job_name)
+    settled: list[Delivery] = []
+
+    async def settling(d: Delivery) -> None:
+        await split(d)  # returns once the batch is settled: its events are confirmed by then
+        settled.append(d)
+
+    await collect(b, t.fetch_queue(0), 2, settling, prefetch=2)
+    await wait_for(lambda: len(settled) == 2, "both batches settled")
+    # Every event of the batches is on the broker now: one sent after them arrives after them.
+    await b.publish_event({"event": "test.marker"})
+    await wait_for(lambda: any(e.get("event") == "test.marker" for e in events), "the marker")
+    event, marker = events
+    assert marker["event"] == "test.marker"
     assert sorted(e["path"] for e in each_file(event)) == sorted(
         f"d{i}/f{j}" for i in range(2) for j in range(3))
 

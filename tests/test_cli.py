@@ -59,6 +59,9 @@ async def test_usage_errors_exit_2(tmp_path: Path) -> None:
     config.chmod(0o644)
     code, _, err = await mirror_cmd("--config", str(config), "run", "upyun://b/", "d")
     assert code == 2 and "chmod 600" in err
+    config.write_text("[work]\nconcurency = 4\n")
+    code, _, err = await mirror_cmd("--config", str(config), "run", "upyun://b/", "d")
+    assert code == 2 and "concurency" in err and "'concurrency'" in err and str(config) in err
 
 
 async def test_bad_credentials_exit_3_with_one_clear_line(small_bucket: BucketInfo,

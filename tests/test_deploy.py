@@ -18,7 +18,6 @@ import click
 import pytest
 import yaml
 
-from mirror import commands  # noqa: F401  (registers the subcommands)
 from mirror.cli import cli, load_config
 from mirror.testing.rabbit_node import PrivateRabbit
 from tests.conftest import need_tool

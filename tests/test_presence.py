@@ -4,9 +4,21 @@ broker: a worker that runs out of work tells the others at once, not at its next
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
 
 from mirror.broker.memory import MemoryBroker
 from mirror.control import Presence
+
+
+async def wait_for(condition: Callable[[], object], what: str, timeout: float = 10) -> None:
+    """Until ``condition()`` holds; ``timeout`` (well under the 30 s beats here) only ends a
+    failing test."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
 
 
 async def test_a_worker_out_of_work_is_heard_before_its_next_beat() -> None:
@@ -19,28 +31,38 @@ async def test_a_worker_out_of_work_is_heard_before_its_next_beat() -> None:
     lister = Presence(broker, "list", ["l"], lambda: (0, 0), interval_s=30,
                       on_idle_peer=lambda: woken.append(loop.time()))
     reports: list[int] = []
-    await broker.subscribe(lambda m: reports.append(m.get("held", -1))
-                           if m.get("worker") == fetcher.worker_id else None)
+    heard_at: list[float] = []
+
+    def on_report(m: dict[str, Any]) -> None:
+        if m.get("worker") == fetcher.worker_id:
+            reports.append(m.get("held", -1))
+            heard_at.append(loop.time())
+
+    def held_by_fetcher() -> int | None:
+        report = lister.peers().get(fetcher.worker_id)
+        return None if report is None else int(report["held"])
+
+    await broker.subscribe(on_report)
     await lister.start()
     await fetcher.start()
     try:
-        await asyncio.sleep(0.05)  # the first beats: the fetcher holds 3 jobs
-        assert lister.peers()[fetcher.worker_id]["held"] == 3 and not woken
+        await wait_for(lambda: held_by_fetcher() == 3, "the first beats")
+        assert not woken
         held[0] = 0
-        started = loop.time()
+        nudged_at = loop.time()
         fetcher.nudge()
-        await asyncio.sleep(0.05)
-        assert lister.peers()[fetcher.worker_id]["held"] == 0
-        assert woken and woken[0] - started < 0.05  # 30 s before the next beat
+        # Heard within the wait, so not by the next beat, 30 s away.
+        await wait_for(lambda: held_by_fetcher() == 0 and woken, "the nudge")
         assert reports == [3, 0]
         held[0] = 2  # more work came, and was reported (as by a beat) ...
         await fetcher.announce()
         held[0] = 0  # ... and was done within 0.5 s of the last nudge
         fetcher.nudge()  # so soon: held back (at most one report every 0.5 s here) ...
-        await asyncio.sleep(0.02)
-        assert reports == [3, 0, 2] and lister.peers()[fetcher.worker_id]["held"] == 2
-        await asyncio.sleep(0.7)  # ... but sent at the end of that interval, not dropped
-        assert reports == [3, 0, 2, 0] and lister.peers()[fetcher.worker_id]["held"] == 0
+        assert reports == [3, 0, 2] and held_by_fetcher() == 2
+        # ... but sent at the end of that interval, not dropped
+        await wait_for(lambda: len(reports) == 4, "the held-back report")
+        assert reports == [3, 0, 2, 0] and held_by_fetcher() == 0
+        assert heard_at[3] - nudged_at >= 0.5 - 0.01  # not before the interval was over
         assert len(woken) == 2
     finally:
         await fetcher.stop()
@@ -57,8 +79,7 @@ async def test_a_report_after_stopped_does_not_bring_a_worker_back() -> None:
     await listener.start()
     await fetcher.start()
     try:
-        await asyncio.sleep(0.05)
-        assert fetcher.worker_id in listener.peers()
+        await wait_for(lambda: fetcher.worker_id in listener.peers(), "the first beats")
         late = {"type": "presence", "worker": fetcher.worker_id, "role": "fetch",
                 "queues": ["q"], "held": 0, "taken": 5, "state": "running"}
         await fetcher.stop()

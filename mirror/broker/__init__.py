@@ -1,5 +1,10 @@
 """The queue transport: the ``Broker`` protocol, one ``Delivery``, and the job's queue names.
 
+Three small protocols, so that each caller sees only what it uses: ``Broker``, the job's work
+queues; ``Bus``, its control broadcasts and events (every broker is also a bus: one
+connection serves both); and ``mirror.broker.admin.BrokerAdmin``, looking after a job
+from outside (parked jobs, requeue, delete), which only ``RabbitBroker`` implements.
+
 A broker instance serves one job. Both implementations (``MemoryBroker`` in-process,
 ``RabbitBroker`` over AMQP) give the same guarantees to the worker:
 
@@ -146,7 +151,26 @@ class ParkedJob:
     reason: Reason
 
 
-class Broker(Protocol):
+class Bus(Protocol):
+    """The job's broadcast channel between its processes (stop, ping, presence) and its events
+    stream for other systems (``mirror.events``). Nothing on it is durable work."""
+
+    async def broadcast(self, message: dict[str, Any]) -> None: ...
+
+    async def subscribe(self, callback: ControlCallback) -> None: ...
+
+    async def publish_event(self, event: dict[str, Any]) -> None:
+        """Send one job event (``mirror.events``); returns once the broker has it."""
+        ...
+
+    async def subscribe_events(self, callback: ControlCallback) -> None:
+        """Receive the job's events from now on (a temporary subscription)."""
+        ...
+
+
+class Broker(Bus, Protocol):
+    """The job's work queues (and, through ``Bus``, its control and events)."""
+
     name: str  # e.g. "memory" or "rabbitmq://host:port/vhost" (no credentials)
 
     async def declare(self, spec: JobSpec) -> None:
@@ -174,18 +198,6 @@ class Broker(Protocol):
         """Depth of every queue of the job (work, retry and parked)."""
         ...
 
-    async def broadcast(self, message: dict[str, Any]) -> None: ...
-
-    async def subscribe(self, callback: ControlCallback) -> None: ...
-
-    async def publish_event(self, event: dict[str, Any]) -> None:
-        """Send one job event (``mirror.events``); returns once the broker has it."""
-        ...
-
-    async def subscribe_events(self, callback: ControlCallback) -> None:
-        """Receive the job's events from now on (a temporary subscription)."""
-        ...
-
     async def close(self) -> None: ...
 
 
@@ -195,6 +207,7 @@ def topology_of(spec: JobSpec) -> Topology:
 
 __all__ = [
     "Broker",
+    "Bus",
     "Consumer",
     "ControlCallback",
     "Delivery",

@@ -1,5 +1,2 @@
-"""Subcommands of ``mirror``; importing this package registers them on ``mirror.cli.cli``."""
-
-from mirror.commands import admin, mirroring, tools, watching
-
-__all__ = ["admin", "mirroring", "tools", "watching"]
+"""Subcommands of ``mirror``, one module per family; ``mirror.cli`` adds them to its group.
+What they share is ``mirror.commands.options``."""

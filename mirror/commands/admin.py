@@ -7,15 +7,17 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from mirror import runner
 from mirror.aio import run_async
 from mirror.broker import ParkedJob
-from mirror.cli import (
-    cli,
+from mirror.broker.admin import BrokerAdmin, connect_admin
+from mirror.commands.options import (
+    broker_option,
+    job_option,
     live_progress,
     make_source_settings,
     make_work_options,
@@ -23,42 +25,23 @@ from mirror.cli import (
     source_options,
     start_logging,
     state_dir_of,
+    state_option,
     worker_options,
 )
 from mirror.errors import ConfigError
 from mirror.parking import group, journal_path, read_journal, reason_label, reason_matches
 
-if TYPE_CHECKING:
-    from mirror.broker.rabbitmq import RabbitBroker
 
-job_option = click.option("--job", "job_name", envvar="MIRROR_JOB", required=True,
-                          metavar="NAME")
-broker_option = click.option(
-    "--broker", envvar="MIRROR_BROKER_URL", metavar="URL",
-    help="RabbitMQ URL of the job; without it, the embedded run recorded in --state-dir.")
-state_option = click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
-                            envvar="MIRROR_STATE_DIR", default=None,
-                            help="Where embedded runs keep their parked jobs.")
-
-
-async def _rabbit(url: str, job: str) -> RabbitBroker:
-    from mirror.broker.rabbitmq import RabbitBroker  # aio-pika: only for commands that use it
-
-    broker = await RabbitBroker.connect(url, runner.check_job_name(job),
-                                        connection_name="bucket-mirror admin")
-    try:
-        await broker.attach()
-    except BaseException:
-        await broker.close()
-        raise
-    return broker
+async def open_admin(url: str, job: str) -> BrokerAdmin:
+    """The admin connection of a command: job ``job`` (its name checked) on ``url``."""
+    return await connect_admin(url, runner.check_job_name(job))
 
 
 def _selector(reasons: tuple[str, ...]) -> Callable[[ParkedJob], bool]:
     return lambda p: not reasons or any(reason_matches(p.reason, r) for r in reasons)
 
 
-@cli.command()
+@click.command()
 @job_option
 @broker_option
 @state_option
@@ -72,7 +55,7 @@ def failures(ctx: click.Context, /, job_name: str, broker: str | None, state_dir
     start_logging(ctx, False)
 
     async def from_broker(url: str) -> list[ParkedJob]:
-        b = await _rabbit(url, job_name)
+        b = await open_admin(url, job_name)
         try:
             return await b.parked_jobs(limit)
         finally:
@@ -103,7 +86,7 @@ def failures(ctx: click.Context, /, job_name: str, broker: str | None, state_dir
     return 0
 
 
-@cli.command()
+@click.command()
 @job_option
 @broker_option
 @click.option("--reason", "reasons", multiple=True, metavar="R",
@@ -124,7 +107,7 @@ def retry(ctx: click.Context, /, job_name: str, broker: str | None, reasons: tup
         start_logging(ctx, False)
 
         async def go() -> int:
-            b = await _rabbit(broker, job_name)
+            b = await open_admin(broker, job_name)
             try:
                 return await b.requeue_parked(select)
             finally:
@@ -156,7 +139,7 @@ def retry(ctx: click.Context, /, job_name: str, broker: str | None, reasons: tup
     return outcome.exit_code
 
 
-@cli.command()
+@click.command()
 @job_option
 @click.option("--broker", envvar="MIRROR_BROKER_URL", required=True, metavar="URL")
 @click.option("--reason", default="mirror stop", show_default=True,
@@ -173,7 +156,7 @@ def stop(ctx: click.Context, /, job_name: str, broker: str, reason: str, wait: f
     start_logging(ctx, False)
 
     async def go() -> set[str]:
-        b = await _rabbit(broker, job_name)
+        b = await open_admin(broker, job_name)
         seen: set[str] = set()
 
         def on_message(msg: dict[str, Any]) -> None:

@@ -9,8 +9,7 @@ import click
 
 from mirror import runner
 from mirror.aio import run_async
-from mirror.cli import (
-    cli,
+from mirror.commands.options import (
     job_options,
     live_progress,
     make_source_settings,
@@ -24,11 +23,12 @@ from mirror.cli import (
 )
 from mirror.disk import Placement
 from mirror.diskpool import disk_pool
+from mirror.jobsource import source_for
 from mirror.placement import build_placement, parse_claim
 from mirror.ratelimit import Limiter
 
 
-@cli.command()
+@click.command()
 @click.argument("source")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--broker", envvar="MIRROR_BROKER_URL", metavar="URL",
@@ -60,7 +60,7 @@ def run(ctx: click.Context, /, source: str, dest: Path, broker: str | None, job_
     return outcome.exit_code
 
 
-@cli.command()
+@click.command()
 @click.argument("source", envvar="MIRROR_SOURCE")
 @click.option("--job", "job_name", envvar="MIRROR_JOB", required=True, metavar="NAME")
 @click.option("--broker", envvar="MIRROR_BROKER_URL", required=True, metavar="URL")
@@ -79,7 +79,7 @@ def seed(ctx: click.Context, /, source: str, job_name: str, broker: str, force: 
     spec = make_spec(runner.check_job_name(job_name), source, o)
 
     async def go() -> str:
-        src = runner.source_for(spec, make_source_settings(ctx, o))
+        src = source_for(spec, make_source_settings(ctx, o))
         try:
             await runner.check_source(src, source)
         finally:
@@ -94,7 +94,7 @@ def seed(ctx: click.Context, /, source: str, job_name: str, broker: str, force: 
     return 0
 
 
-@cli.command()
+@click.command()
 @click.option("--job", "job_name", envvar="MIRROR_JOB", required=True, metavar="NAME")
 @click.option("--broker", envvar="MIRROR_BROKER_URL", required=True, metavar="URL")
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -136,7 +136,7 @@ def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path | None,
                          if settings.fetches else Placement({}))
             limiter = Limiter(options.rates)
             source_settings = make_source_settings(ctx, o)
-            src = runner.source_for(spec, source_settings, limiter)
+            src = source_for(spec, source_settings, limiter)
             try:
                 return await runner.work(b, spec, src, placement, options, limiter=limiter,
                                          source_settings=source_settings, forked=forked)

@@ -12,9 +12,8 @@ import click
 
 from mirror import runner
 from mirror.aio import run_async
-from mirror.cli import (
+from mirror.commands.options import (
     SIZE,
-    cli,
     live_progress,
     make_source_settings,
     make_worker_settings,
@@ -32,7 +31,7 @@ from mirror.sources import open_source
 DEMO_OPERATOR, DEMO_PASSWORD, DEMO_BUCKET = "demo", "demo-password", "demo"
 
 
-@cli.command()
+@click.command()
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path),
               default=Path("mirror-demo"), show_default=True, help="Where the mirror goes.")
 @click.option("--files", type=click.IntRange(10, 1_000_000), default=400, show_default=True,
@@ -89,7 +88,7 @@ def demo(ctx: click.Context, /, dest: Path, files: int, fresh: bool, **o: Any) -
     return outcome.exit_code
 
 
-@cli.command()
+@click.command()
 @click.argument("source")
 @click.option("-R", "--recursive", is_flag=True, help="List sub-folders too.")
 @click.option("-l", "--long", "long_format", is_flag=True, help="Show size and mtime.")
@@ -128,7 +127,7 @@ def ls(ctx: click.Context, /, source: str, recursive: bool, long_format: bool, *
     return run_async(go())
 
 
-@cli.command("fake-upyun")
+@click.command("fake-upyun")
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path),
                 required=False)
 @click.option("--synthetic", type=click.IntRange(1), default=None, metavar="N",

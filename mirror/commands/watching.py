@@ -14,15 +14,15 @@ import click
 from mirror import status as job_status
 from mirror.aio import run_async
 from mirror.broker import Topology
-from mirror.cli import cli, start_logging
-from mirror.commands.admin import _rabbit, job_option
+from mirror.commands.admin import open_admin
+from mirror.commands.options import job_option, start_logging
 from mirror.events import KINDS, each_file
 
 broker_required = click.option("--broker", envvar="MIRROR_BROKER_URL", required=True,
                                metavar="URL", help="RabbitMQ URL of the job.")
 
 
-@cli.command()
+@click.command()
 @job_option
 @broker_required
 @click.option("--management-url", envvar="MIRROR_MANAGEMENT_URL", metavar="URL", default=None,
@@ -46,7 +46,7 @@ def status(ctx: click.Context, /, job_name: str, broker: str, management_url: st
     start_logging(ctx, False)
 
     async def go() -> int:
-        b = await _rabbit(broker, job_name)
+        b = await open_admin(broker, job_name)
         try:
             topology = Topology(await b.attach())
             reports = job_status.Reports()
@@ -72,7 +72,7 @@ def status(ctx: click.Context, /, job_name: str, broker: str, management_url: st
     return run_async(go())
 
 
-@cli.command()
+@click.command()
 @job_option
 @broker_required
 @click.option("--event", "kinds", multiple=True, type=click.Choice(KINDS), metavar="KIND",
@@ -94,7 +94,7 @@ def watch(ctx: click.Context, /, job_name: str, broker: str, kinds: tuple[str, .
     start_logging(ctx, False)
 
     async def go() -> int:
-        b = await _rabbit(broker, job_name)
+        b = await open_admin(broker, job_name)
         finished = asyncio.Event()
 
         def on_event(message: dict[str, Any]) -> None:

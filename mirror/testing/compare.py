@@ -20,11 +20,31 @@ def tree_differences(source: Path, mirror: Path, *, mtimes: bool = True,
     """
     problems: list[str] = []
 
-    def note(text: str) -> bool:
-        problems.append(text)
-        return len(problems) >= limit
+    def entry_difference(path: str, ea: os.DirEntry[str] | None,
+                         eb: os.DirEntry[str] | None) -> str | None:
+        """What is wrong with one name, other than inside a folder on both sides."""
+        if eb is None:
+            return f"missing in mirror: {path}"
+        if ea is None:
+            what = "partial download left" if eb.name.endswith(PART_SUFFIX) else "extra"
+            return f"{what} in mirror: {path}"
+        if eb.is_symlink():
+            return f"symlink in mirror: {path}"
+        if ea.is_dir(follow_symlinks=False) != eb.is_dir(follow_symlinks=False):
+            return f"file/folder mismatch: {path}"
+        return None if ea.is_dir(follow_symlinks=False) else file_difference(path, ea, eb)
+
+    def file_difference(path: str, ea: os.DirEntry[str], eb: os.DirEntry[str]) -> str | None:
+        sa, sb = ea.stat(), eb.stat()
+        if sa.st_size != sb.st_size or not filecmp.cmp(ea.path, eb.path, shallow=False):
+            return f"content differs: {path}"
+        if mtimes and (int(sa.st_mtime) // mtime_resolution_s
+                       != int(sb.st_mtime) // mtime_resolution_s):
+            return f"mtime differs: {path} ({sa.st_mtime} vs {sb.st_mtime})"
+        return None
 
     def walk(rel: str) -> bool:
+        """False once ``limit`` problems are noted."""
         a, b = source / rel, mirror / rel
         names_a = {e.name: e for e in os.scandir(a)
                    if not (skip_hidden and e.name.startswith("."))}
@@ -32,37 +52,14 @@ def tree_differences(source: Path, mirror: Path, *, mtimes: bool = True,
         for name in sorted(names_a.keys() | names_b.keys()):
             path = f"{rel}/{name}" if rel else name
             ea, eb = names_a.get(name), names_b.get(name)
-            if eb is None:
-                if note(f"missing in mirror: {path}"):
-                    return True
-                continue
-            if ea is None:
-                what = "partial download left" if name.endswith(PART_SUFFIX) else "extra"
-                if note(f"{what} in mirror: {path}"):
-                    return True
-                continue
-            if eb.is_symlink():
-                if note(f"symlink in mirror: {path}"):
-                    return True
-                continue
-            if ea.is_dir(follow_symlinks=False) != eb.is_dir(follow_symlinks=False):
-                if note(f"file/folder mismatch: {path}"):
-                    return True
-                continue
-            if ea.is_dir(follow_symlinks=False):
-                if walk(path):
-                    return True
-                continue
-            sa, sb = ea.stat(), eb.stat()
-            if sa.st_size != sb.st_size or not filecmp.cmp(ea.path, eb.path, shallow=False):
-                if note(f"content differs: {path}"):
-                    return True
-            elif mtimes and (int(sa.st_mtime) // mtime_resolution_s
-                             != int(sb.st_mtime) // mtime_resolution_s) and note(
-                f"mtime differs: {path} ({sa.st_mtime} vs {sb.st_mtime})"
-            ):
-                return True
-        return False
+            problem = entry_difference(path, ea, eb)
+            if problem is not None:
+                problems.append(problem)
+                if len(problems) >= limit:
+                    return False
+            elif ea is not None and ea.is_dir(follow_symlinks=False) and not walk(path):
+                return False
+        return True
 
     walk("")
     return problems

@@ -224,7 +224,7 @@ class FakeUpyun:
         return web.Response(status=status, text=body, content_type="application/json",
                             headers=headers)
 
-    async def _serve(self, request: web.Request) -> web.StreamResponse:
+    async def _serve(self, request: web.Request) -> web.StreamResponse:  # noqa: PLR0912  (the API's routes, as UpYun dispatches them)
         target = request.raw_path
         raw_path, _, query = target.partition("?")
         parts = raw_path.split("/", 2)
@@ -269,7 +269,7 @@ class FakeUpyun:
             return await self._list(request, key, path)
         return await self._get(request, key, path, info)
 
-    def _authenticate(self, request: web.Request, target: str, bucket: str) -> None:
+    def _authenticate(self, request: web.Request, target: str, bucket: str) -> None:  # noqa: PLR0912  (one branch per refusal UpYun gives)
         auth = request.headers.get("Authorization", "")
         if not auth:
             raise _Refused(401, 40100004, "need authorization header")
@@ -500,7 +500,7 @@ class FakeUpyun:
             cached = self._md5s[cache_key] = await asyncio.to_thread(digest)
         return cached
 
-    async def _get(self, request: web.Request, key: str, path: Path,
+    async def _get(self, request: web.Request, key: str, path: Path,  # noqa: PLR0912  (one branch per fault it can play)
                    info: os.stat_result | None) -> web.StreamResponse:
         fault = self._fault("GET", key)
         answer = self._simple_fault(fault, request, False)
@@ -637,7 +637,7 @@ def _http_date(ts: float) -> str:
     return format_datetime(datetime.fromtimestamp(ts, UTC), usegmt=True)
 
 
-async def run_fake_server(root: Path, *, host: str, port: int, bucket: str, operator: str,
+async def run_fake_server(root: Path, *, host: str, port: int, bucket: str, operator: str,  # noqa: PLR0913  (one per option of `mirror fake-upyun`)
                           password: str, faults: Faults,
                           synthetic: SyntheticBucket | None = None) -> None:
     fake = FakeUpyun(root, bucket=bucket, operator=operator, password=password, faults=faults,

@@ -67,7 +67,7 @@ class _Builder:
         return min(int(self.rng.lognormvariate(9.6, 1.0)), 256 * 1024)
 
 
-def build_bucket(root: Path, *, files: int = 3000, seed: int = 1, deep: int = 40,
+def build_bucket(root: Path, *, files: int = 3000, seed: int = 1, deep: int = 40,  # noqa: PLR0913  (keyword knobs of the sample's shape)
                  wide: int = 2500, big_files: int = 2, big_size: int = 9 * 1024 * 1024,
                  zero_files: int = 5, empty_folders: int = 4) -> BucketInfo:
     """Write the sample tree under ``root`` (which must be empty or missing)."""

@@ -50,7 +50,7 @@ class SyntheticBucket:
         block = self._digest(i, b"data")
         return (block * (size // len(block) + 1))[:size]
 
-    def locate(self, key: str) -> tuple[str, int] | None:
+    def locate(self, key: str) -> tuple[str, int] | None:  # noqa: PLR0911  (one return per kind of key)
         """("root", 0), ("folder", n) or ("file", i) for a bucket-relative key."""
         if key == "":
             return "root", 0
