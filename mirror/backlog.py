@@ -1,10 +1,9 @@
 """How much fetch work the queues hold, in files (and bytes where known).
 
-A fetch queue's depth counts messages, and a message carries a batch of up to ``--batch-files``
-small files. The embedded broker holds the jobs themselves and counts their files and bytes
-exactly (``QueueDepth.ready_files`` and the like); RabbitMQ counts messages only, so there a
-fetch queue's depth is scaled by the files per message the listers sent: an estimate. Retry
-tiers hold single files (a file of a batch is retried on its own).
+The embedded broker holds the jobs themselves and counts their files and bytes exactly
+(``QueueDepth.ready_files`` and the like). RabbitMQ counts messages only, and its broker packs
+small files several to a message: it tells about how many jobs a message of a queue carries
+(``QueueDepth.per_message``, from ``Broker.in_jobs``), so there the files are an estimate.
 
 Shared by the live view of a run (``mirror.progress``) and ``mirror status``.
 """
@@ -29,16 +28,10 @@ class Backlog:
     listings: int | None = None  # folder listings queued, held or waiting to retry (exact)
 
 
-def files_per_message(listed_files: int, file_messages: int) -> float | None:
-    """Files per fetch message the listers sent; None before they sent any."""
-    return listed_files / file_messages if listed_files and file_messages else None
-
-
-def fetch_backlog(depths: Mapping[str, QueueDepth], topology: Topology,
-                  per_message: float | None = None) -> Backlog:
-    """The files the job's fetch queues and retry tiers hold. Without exact counts the
-    fetch queues' messages are multiplied by ``per_message`` (None: 1, a lower bound, since
-    every fetch message carries at least one file)."""
+def fetch_backlog(depths: Mapping[str, QueueDepth], topology: Topology) -> Backlog:
+    """The files the job's fetch queues and retry tiers hold. Without exact counts each
+    queue's messages are multiplied by its jobs per message (where that is not known, by 1:
+    a lower bound, since every message carries at least one job)."""
     work = [depths[q] for q in topology.fetch_queues if q in depths]
     retry = [depths[q] for q in topology.retry_queues if q in depths]
     counted = [d for d in (*work, *retry)
@@ -53,12 +46,13 @@ def fetch_backlog(depths: Mapping[str, QueueDepth], topology: Topology,
                        exact=True, ready_bytes=sum(d.ready_bytes or 0 for d in counted),
                        held_bytes=sum(d.unacked_bytes or 0 for d in counted),
                        listings=listings)
-    scale = per_message or 1.0
-    held_known = all(d.unacked is not None for d in (*work, *retry))
+    queues = (*work, *retry)
+    held_known = all(d.unacked is not None for d in queues)
     return Backlog(
-        ready=round(sum(d.ready for d in work) * scale) + sum(d.ready for d in retry),
-        held=round(sum(d.unacked or 0 for d in work) * scale) + sum(d.unacked or 0 for d in retry),
-        held_known=held_known, exact=False, lower_bound=per_message is None)
+        ready=sum(d.ready_jobs for d in queues),
+        held=round(sum((d.unacked or 0) * (d.per_message or 1.0) for d in queues)),
+        held_known=held_known, exact=False,
+        lower_bound=any(d.per_message is None for d in queues))
 
 
-__all__ = ["Backlog", "fetch_backlog", "files_per_message"]
+__all__ = ["Backlog", "fetch_backlog"]

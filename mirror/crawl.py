@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mirror.batches import FileOutbox, pack
 from mirror.broker import Broker, Topology
 from mirror.concurrency import AdaptiveLimit, hand_back
 from mirror.disk import Disk, PartFile, Placement, check_name
@@ -27,7 +26,7 @@ from mirror.errors import (
     UnsafePath,
 )
 from mirror.events import parked_event
-from mirror.jobs import FetchBatch, FetchJob, Job, JobSpec, ListJob, Reason, shard_of
+from mirror.jobs import FetchJob, Job, JobSpec, ListJob, Reason, shard_of
 from mirror.ratelimit import Limiter
 from mirror.settings import WorkerSettings
 from mirror.sources import Body, Source
@@ -44,10 +43,11 @@ MAX_EMPTY_PAGES = 3
 class BacklogGate:
     """Listing waits while any fetch queue holds more than ``limit`` ready jobs.
 
-    A page takes room for its messages before it publishes them; once the room seen at the
-    last look at the queues is used up, the next page looks again, counting the messages that
+    A page takes room for its files before it publishes them; once the room seen at the
+    last look at the queues is used up, the next page looks again, counting the files that
     other pages are still publishing. The backlog then stays within the limit plus one page
-    per listing process.
+    per listing process. Where the broker packs several jobs into a message (RabbitMQ) the
+    depths are its reckoning of the jobs they hold.
     """
 
     def __init__(self, broker: Broker, topology: Topology, limit: int) -> None:
@@ -56,21 +56,21 @@ class BacklogGate:
         self.limit = limit
         self._lock = asyncio.Lock()
         self.paused_s = 0.0
-        # Messages that may still be published before the queues are looked at again: the
+        # Files that may still be published before the queues are looked at again: the
         # room left below the limit at the last look (consumers only ever shrink a queue),
         # at most a tenth of the limit, so that several listers overshoot it by little.
         # Looking before every page cost the lister several broker round trips a page.
         self._room = 0
-        self._publishing = 0  # messages of pages between their room and their confirm
+        self._publishing = 0  # files of pages between their room and their confirm
 
     async def backlog(self) -> int:
         depths = await self._broker.depths()
-        return max((depths[q].ready for q in self._topology.fetch_queues if q in depths),
+        return max((depths[q].ready_jobs for q in self._topology.fetch_queues if q in depths),
                    default=0)
 
     @contextlib.asynccontextmanager
-    async def room(self, messages: int = 1) -> AsyncIterator[None]:
-        """Room for ``messages`` more, held while the block publishes them.
+    async def room(self, files: int = 1) -> AsyncIterator[None]:
+        """Room for ``files`` more, held while the block publishes them.
 
         Only taking room is one page at a time, not the publish: with the lock held through
         it, pages published one after the other, each waiting for its confirm, and a lister
@@ -82,7 +82,7 @@ class BacklogGate:
                 started = time.monotonic()
                 while (ready := await self.backlog()) + self._publishing > self.limit:
                     if not waited:
-                        log.info("listing paused: a fetch queue holds %d messages, above "
+                        log.info("listing paused: a fetch queue holds about %d files, above "
                                  "--max-backlog", ready)
                         waited = True
                     await asyncio.sleep(1.0)
@@ -91,12 +91,12 @@ class BacklogGate:
                     log.info("listing resumed")
                 self._room = min(self.limit - ready - self._publishing,
                                  max(1, self.limit // 10))
-            self._room -= messages
-            self._publishing += messages
+            self._room -= files
+            self._publishing += files
         try:
             yield
         finally:
-            self._publishing -= messages
+            self._publishing -= files
 
 
 @dataclass
@@ -117,22 +117,13 @@ class Context:
     # in hand carry; held for the request only (publishing the page's jobs is no load on the
     # source).
     list_slots: AdaptiveLimit = field(init=False)
-    files: FileOutbox | None = field(init=False)  # None: one message per file
 
     def __post_init__(self) -> None:
         s = self.settings
-        # The gate counts messages; a message carries up to batch_files small files.
-        self.backlog = BacklogGate(self.broker, self.topology,
-                                   max(1, s.max_backlog // max(1, s.batch_files)))
+        self.backlog = BacklogGate(self.broker, self.topology, max(1, s.max_backlog))
         self.list_slots = self.limiter.limit_for("list", s.list_concurrency,
                                                  s.max_list_concurrency,
                                                  s.adaptive_list_concurrency)
-        self.files = (FileOutbox(self.broker, self.topology, s.batch_files, s.batch_bytes,
-                                 s.small_file_max, self._count_message)
-                      if s.batch_files > 1 else None)
-
-    def _count_message(self) -> None:
-        self.stats.file_messages += 1
 
     def disk_for(self, job: FetchJob) -> Disk:
         shard = shard_of(job.path, self.spec.shards, self.spec.shard_by, job.is_dir)
@@ -174,7 +165,7 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
         follow.append(ListJob(job.path, page.cursor, job.page + 1, empty, last))
     elif job.cursor is None and not page.entries:
         follow.append(FetchJob(job.path, is_dir=True))  # an empty folder is reproduced too
-    file_messages = await _publish(follow, ctx)  # durable before the page counts as listed
+    await _publish(follow, ctx)  # durable before the page counts as listed
     for item, problem in refused:
         log.warning("refused %r: %s", item.path, problem)
         reason = Reason.from_error(problem, attempts=0)
@@ -184,7 +175,6 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
             with contextlib.suppress(MirrorError):  # the park is done and must not repeat
                 await ctx.broker.publish_event(parked_event(ctx.spec.name, item, reason))
     ctx.stats.pages += 1
-    ctx.stats.file_messages += file_messages
     ctx.stats.entries += len(page.entries)
     files = [j for j in follow if isinstance(j, FetchJob) and not j.is_dir]
     ctx.stats.listed_files += len(files)
@@ -192,29 +182,15 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
     return "listed"
 
 
-async def _publish(follow: list[Job], ctx: Context) -> int:
-    """Publish what a page found (small files in batches), durable on return; returns the
-    file messages it took."""
-    settings, outbox = ctx.settings, ctx.files
-    small = [j for j in follow if isinstance(j, FetchJob) and outbox and outbox.takes(j)]
-    messages = pack([j for j in follow if not (outbox and outbox.takes(j))], ctx.topology,
-                    settings.batch_files, settings.batch_bytes, settings.small_file_max)
-    file_messages = sum(1 for m in messages if isinstance(m, FetchBatch) or (
-        isinstance(m, FetchJob) and not m.is_dir))
-    to_fetch = file_messages + (outbox.messages_for(len(small)) if outbox else 0)
+async def _publish(follow: list[Job], ctx: Context) -> None:
+    """Publish what a page found, durable on return."""
     files = sum(1 for j in follow if isinstance(j, FetchJob) and not j.is_dir)
     ctx.stats.publishing_files += files  # in sight already (--processes auto)
     try:
-        async with ctx.backlog.room(to_fetch) if to_fetch else contextlib.nullcontext():
-            published = await asyncio.gather(
-                ctx.broker.publish(messages),
-                *([outbox.send(small)] if outbox and small else []), return_exceptions=True)
+        async with ctx.backlog.room(files) if files else contextlib.nullcontext():
+            await ctx.broker.publish(follow)
     finally:
         ctx.stats.publishing_files -= files
-    for result in published:
-        if isinstance(result, BaseException):
-            raise result
-    return file_messages
 
 
 async def fetch_file(job: FetchJob, ctx: Context) -> Outcome:

@@ -10,10 +10,11 @@ as routing key:
 
 Delivery is at least once: a file's event is confirmed by the broker before its job is acked,
 so a worker that dies in between does the file again (a skip) and sends a second event.
-Consumers key on ``path``. Files of batch messages settled together are reported together:
-one event per kind with ``files``, a list of ``{"path", "size"}``, instead of ``path`` and
-``size`` (``each_file`` spreads it out). A system that must not miss events binds its own
-durable queue to ``J.events`` before it seeds the job; ``mirror watch`` binds a temporary one.
+Consumers key on ``path``. Over RabbitMQ the files settled at about the same time are reported
+together: one event per kind with ``files``, a list of ``{"path", "size"}``, instead of
+``path`` and ``size`` (``each_file`` spreads it out; ``mirror.broker.batching``). A system
+that must not miss events binds its own durable queue to ``J.events`` before it seeds the job;
+``mirror watch`` binds a temporary one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import functools
 import os
 import socket
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from mirror.jobs import FetchJob, Job, Reason
@@ -49,14 +49,8 @@ def file_event(kind: str, job_name: str, job: FetchJob) -> dict[str, Any]:
     return {**_base(f"file.{kind}", job_name), "path": job.path, "size": job.size}
 
 
-def files_event(kind: str, job_name: str, jobs: Sequence[FetchJob]) -> dict[str, Any]:
-    """One event for several files settled together (a batch): ``files`` instead of ``path``."""
-    return {**_base(f"file.{kind}", job_name),
-            "files": [{"path": j.path, "size": j.size} for j in jobs]}
-
-
 def each_file(event: dict[str, Any]) -> list[dict[str, Any]]:
-    """A file event as one event per file (a batch's ``files`` spread out)."""
+    """A file event as one event per file (a shared event's ``files`` spread out)."""
     files = event.get("files")
     if not isinstance(files, list):
         return [event]
@@ -77,5 +71,5 @@ def finished_event(job_name: str, counts: dict[str, int]) -> dict[str, Any]:
     return {**_base("job.finished", job_name), **counts}
 
 
-__all__ = ["KINDS", "each_file", "events_exchange", "file_event", "files_event", "finished_event",
+__all__ = ["KINDS", "each_file", "events_exchange", "file_event", "finished_event",
            "parked_event"]

@@ -3,16 +3,14 @@
 A small file costs about a millisecond of CPU in one process, half of it in the kernel
 (sockets, create, rename) and the rest in Python under one GIL; a process cannot go faster
 than one core. Here the worker keeps the queue, the listing, the error policy, stats and
-events, and hands each file job, or each batch message of small files whole, to a child over
-a pipe (one JSON line each way). The child runs the same ``fetch_file`` as the worker would,
-with its own HTTP session and disk pool, and answers the outcome or the error (class,
-message, detail) of every file, which the worker then settles exactly as if it had happened
+events, and hands each file job to a child over a pipe (one JSON line each way; the lines of
+one turn of the loop go in one write). The child runs the same ``fetch_file`` as the worker
+would, with its own HTTP session and disk pool, and answers the outcome or the error (class,
+message, detail) of the file, which the worker then settles exactly as if it had happened
 in-process: ack, retry, park or stop.
 
-A job always goes to the same child (by a hash of its path; a batch by its first file's), so
-the in-process guard against two deliveries of one file writing at once still holds for a job
-or batch delivered twice; a file that two different messages carry at once (a page listed
-twice) meets the part file's lock (``Busy``, retried), as between processes anyway. A child
+A job always goes to the same child (by a hash of its path), so the in-process guard against
+two deliveries of one file writing at once still holds for a job delivered twice. A child
 that dies fails its jobs as transient errors (they are retried) and is started again for the
 next job. The first children are forked by the command before its event loop starts
 (``mirror.prefork``); one started again is a new interpreter (``python -m mirror.fetchpool``).
@@ -246,7 +244,7 @@ class FetchPool:
 
     async def start(self) -> None:
         """Start the children now: a child's interpreter and imports (about 0.15 s) then run
-        while the worker lists the first pages, instead of after the first batch is ready."""
+        while the worker lists the first pages, instead of after the first files are ready."""
         await asyncio.gather(*(c.start() for c in self._children))
 
     async def fetch(self, job: FetchJob) -> Outcome:
@@ -258,26 +256,6 @@ class FetchPool:
             self._stats.inflight -= 1
         self._count_bytes(child, reply)
         return self._outcome(job, reply)
-
-    async def fetch_many(self, jobs: list[FetchJob]) -> list[Outcome | BaseException]:
-        """Several files in one request to one child (by the first file's path, so that a
-        batch delivered again goes where it went before); one outcome or error per file."""
-        child = self._children[zlib.crc32(jobs[0].path.encode()) % len(self._children)]
-        self._stats.inflight += len(jobs)
-        try:
-            reply = await child.ask(b'"jobs":[%s]' % b",".join(encode_job(j) for j in jobs))
-        finally:
-            self._stats.inflight -= len(jobs)
-        self._count_bytes(child, reply)
-        if "error" in reply:
-            raise _error_from(reply)
-        results: list[Outcome | BaseException] = []
-        for job, one in zip(jobs, reply["results"], strict=True):
-            try:
-                results.append(self._outcome(job, one))
-            except MirrorError as exc:
-                results.append(exc)
-        return results
 
     def _count_bytes(self, child: _Child, reply: Mapping[str, Any]) -> None:
         if "transferred" in reply:
@@ -339,7 +317,7 @@ class _Fetcher:
 
     async def one(self, job: FetchJob) -> dict[str, Any]:
         reply: dict[str, Any]
-        async with self.slots:  # a batch holds more files than this process's share of slots
+        async with self.slots:  # the worker may hand over more than this process's share
             started = time.monotonic()
             moved = 0
             try:
@@ -358,10 +336,6 @@ class _Fetcher:
         if "start_at" in request:  # the worker's own level, as it hands its work over
             self.slots.raise_to(int(request["start_at"]))
             reply = {}
-        elif "jobs" in request:
-            jobs = [job_from_dict(j) for j in request["jobs"]]
-            reply = {"results": await asyncio.gather(*(
-                self.one(j) if isinstance(j, FetchJob) else _unexpected(j) for j in jobs))}
         else:
             job = job_from_dict(request["job"])
             reply = await (self.one(job) if isinstance(job, FetchJob) else _unexpected(job))

@@ -40,59 +40,21 @@ class FetchJob:
     is_dir: bool = False
 
 
-@dataclass(frozen=True)
-class FetchBatch:
-    """Small files of one listing page and one shard, carried in one message.
-
-    One message per file cost three broker operations per file (publish, deliver, ack); a
-    batch costs them once. Each file is still settled on its own (``mirror.batches``): one
-    that fails is retried or parked as a single-file job, the others are not held back.
-    """
-
-    files: tuple[FetchJob, ...]
-
-    @property
-    def path(self) -> str:
-        """The folder of the batch's first file (for logs and the shard)."""
-        return self.files[0].path.rpartition("/")[0] if self.files else ""
+# One unit of work. How jobs travel (one to a message, or several packed into one) is the
+# broker's business (``mirror.broker.batching``).
+Job = ListJob | FetchJob
 
 
-@dataclass(frozen=True)
-class ListBatch:
-    """Folders found on one listing page, to be listed, carried in one message.
-
-    A bucket with thousands of folders side by side cost one publish, delivery and ack per
-    folder; over RabbitMQ that was half of the broker's and the lister's work for small
-    files. Each folder is still listed, retried and parked on its own (``mirror.batches``).
-    """
-
-    folders: tuple[ListJob, ...]
-
-    @property
-    def path(self) -> str:
-        return self.folders[0].path if self.folders else ""
-
-
-Job = ListJob | FetchJob | FetchBatch | ListBatch
-
-
-def _fields(job: ListJob | FetchJob) -> dict[str, Any]:
+def fields_of(job: Job) -> dict[str, Any]:
     # vars(), not asdict(): the fields are flat, and asdict's deep copy (4 us) cost more
     # than the whole encoding; it runs for every message.
     return {k: v for k, v in vars(job).items() if v is not None and v is not False}
 
 
 def encode_job(job: Job) -> bytes:
-    body: dict[str, Any] = {"v": SCHEMA_VERSION}
-    if isinstance(job, FetchBatch):
-        body["t"] = "batch"
-        body["files"] = [_fields(f) for f in job.files]
-    elif isinstance(job, ListBatch):
-        body["t"] = "lists"
-        body["folders"] = [_fields(f) for f in job.folders]
-    else:
-        body["t"] = "list" if isinstance(job, ListJob) else "fetch"
-        body.update(_fields(job))
+    body: dict[str, Any] = {"v": SCHEMA_VERSION,
+                            "t": "list" if isinstance(job, ListJob) else "fetch"}
+    body.update(fields_of(job))
     # ASCII escapes: a name with a lone surrogate (legal in a JSON listing) still encodes.
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -122,21 +84,9 @@ def job_from_dict(body: Any) -> Job:
             return ListJob(**body)
         if kind == "fetch":
             return FetchJob(**body)
-        if kind == "batch":
-            return FetchBatch(tuple(FetchJob(**f) for f in _parts(body, "files")))
-        if kind == "lists":
-            return ListBatch(tuple(ListJob(**f) for f in _parts(body, "folders")))
     except TypeError as exc:
         raise ProtocolError(f"message has unexpected fields: {exc}") from exc
     raise ProtocolError(f"unknown message type {kind!r}")
-
-
-def _parts(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    parts = body.pop(key, None)
-    if body or not isinstance(parts, list) or not parts or not all(
-            isinstance(f, dict) for f in parts):
-        raise ProtocolError(f"a batch message needs a non-empty list of {key} and nothing else")
-    return parts
 
 
 def shard_of(path: str, shards: int, by: ShardBy = "folder", is_dir: bool = False) -> int:

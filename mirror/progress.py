@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mirror.backlog import fetch_backlog, files_per_message
+from mirror.backlog import fetch_backlog
 from mirror.broker import Broker, Topology
 from mirror.controls import Control
 from mirror.ratelimit import Limiter
@@ -195,14 +195,12 @@ class Progress:
         if self._worker is not None:
             held = self._worker.snapshot()[0]
             listing_here = self._worker.counts().get("listing", 0)
-        b = fetch_backlog(depths, self._topology,
-                          files_per_message(s.listed_files, s.file_messages))
+        b = fetch_backlog(depths, self._topology)
         bytes_left: int | None
         if b.exact:
             # One process lists and fetches everything: what it listed and has not done is
             # left. Bounded by the broker's own counts: at least the files queued, at most
-            # those also in messages handed out (a batch's files count there until the
-            # whole batch is acked, even those already done).
+            # those also handed out.
             left = min(max(s.listed_files - s.done_files, b.ready), b.ready + b.held)
             ready_bytes, held_bytes = b.ready_bytes or 0, b.held_bytes or 0
             bytes_left = min(max(s.listed_bytes - s.done_bytes, ready_bytes),

@@ -78,12 +78,19 @@ class WorkOptions:
     processes_auto: bool = False
 
 
-async def connect_broker(url: str | None, job: str, role: str = "all") -> Broker:
+async def connect_broker(url: str | None, job: str, role: str = "all",
+                         settings: WorkerSettings | None = None) -> Broker:
+    """The embedded broker, or RabbitMQ at ``url``, packing small jobs as ``settings`` say
+    (``--batch-files``; the embedded broker packs nothing)."""
     if url is None:
         return MemoryBroker()
+    from mirror.broker.batching import BatchLimits
     from mirror.broker.rabbitmq import RabbitBroker
 
-    return await RabbitBroker.connect(url, job, connection_name=f"bucket-mirror {role}")
+    s = settings or WorkerSettings()
+    batching = BatchLimits(files=s.batch_files, bytes=s.batch_bytes, small_max=s.small_file_max)
+    return await RabbitBroker.connect(url, job, connection_name=f"bucket-mirror {role}",
+                                      batching=batching)
 
 
 async def check_source(source: Source, url: str) -> None:
@@ -255,7 +262,7 @@ async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,  # noqa: PL
     await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
     journal: list[ParkedJob] = []
     broker = (MemoryBroker(on_park=journal.append) if broker_url is None
-              else await connect_broker(broker_url, spec.name))
+              else await connect_broker(broker_url, spec.name, settings=options.worker))
     limiter = Limiter(options.rates)
     source = source_for(spec, source_settings, limiter)
     pool = disk_pool(options.worker.most_transfers)

@@ -39,7 +39,6 @@ class Stats:
     pages: int = 0
     entries: int = 0
     listed_files: int = 0
-    file_messages: int = 0  # messages those files went out in (batches hold several)
     listed_bytes: int = 0
     publishing_files: int = 0  # files of pages being published now (listed once confirmed)
     fetched: int = 0

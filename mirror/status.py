@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from mirror.backlog import fetch_backlog, files_per_message
-from mirror.broker import QueueDepth, Topology
+from mirror.backlog import fetch_backlog
+from mirror.broker import Carriage, QueueDepth, Topology
 from mirror.broker.admin import BrokerAdmin
 from mirror.controls import Control
 from mirror.progress import human_bytes, human_duration
@@ -141,6 +141,12 @@ async def take(broker: BrokerAdmin, topology: Topology, reports: Reports, *, bro
         depths = await broker.depths()
     heard = {w: r for w, r in reports.latest.items() if r.get("state") != "stopped"}
     heard.update({w: r for w, r in reports.stopped.items() if w not in heard})
+    # The broker reads its message counts as jobs (it may pack several to a message), from
+    # what the workers that published and took them report they carried.
+    counts = [r.get("counts", {}) for r in heard.values()]
+    carried = Carriage(sum(int(c.get("carried_jobs", 0)) for c in counts),
+                       sum(int(c.get("carried_messages", 0)) for c in counts))
+    depths = broker.in_jobs(depths, carried)
     return Snapshot(topology.job, broker.name, via, time.time(), depths, topology, heard,
                     {w: reports.first.get(w, r) for w, r in heard.items()}, note)
 
@@ -172,10 +178,7 @@ def rates(now: Snapshot, before: Snapshot | None) -> tuple[float, float]:
 
 def summarize(now: Snapshot, before: Snapshot | None = None) -> dict[str, Any]:
     t = now.topology
-    # Fetch queues count messages, and a message may carry a batch of files: scale by what
-    # the live listers sent (files per message).
-    backlog = fetch_backlog(now.queues, t, files_per_message(now.total("listed_files"),
-                                                             now.total("file_messages")))
+    backlog = fetch_backlog(now.queues, t)  # in files, as the broker reckons them (``take``)
     fetch_ready, fetch_held = backlog.ready, backlog.held
     list_ready, list_held = now.queued([t.list_queue])
     in_flight = sum(int(r.get("counts", {}).get("inflight", 0)) for r in now.reports.values())

@@ -13,8 +13,7 @@ import logging
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
-from mirror.batches import FileDelivery, split_batches
-from mirror.broker import Broker, Consumer, Delivery, Handler, Topology
+from mirror.broker import Broker, Consumer, Delivery, Topology
 from mirror.concurrency import AdaptiveLimit
 from mirror.control import Presence, job_done
 from mirror.controls import Control, learn_from_peers, local, merged
@@ -46,10 +45,6 @@ class Pool(Protocol):
 
     async def fetch(self, job: FetchJob) -> Outcome: ...
 
-    async def fetch_many(self, jobs: list[FetchJob]) -> list[Outcome | BaseException]:
-        """Many files at once; one outcome or error per file, in order."""
-        ...
-
     def total_limit(self) -> int:
         """Transfers the processes allow at once now, in all."""
         ...
@@ -77,20 +72,15 @@ class Worker:
         self.ctx = Context(spec, self.topology, source, broker, placement, settings, self.stats,
                            self.limiter)
         self.fatal: FatalError | None = None
-        # Where files are fetched: here, or in child processes (mirror.fetchpool), which
-        # take a batch message whole (one request and one answer for all its files; each
-        # file's outcome is then settled here as if fetched one by one). With
-        # ``pool_when_needed`` (--processes auto) they are used once the job shows enough
-        # work to gain from them: a small job is done here, without the hand-offs.
+        # Where files are fetched: here, or in child processes (mirror.fetchpool; each
+        # file's outcome is settled here as if fetched here). With ``pool_when_needed``
+        # (--processes auto) they are used once the job shows enough work to gain from them:
+        # a small job is done here, without the hand-offs.
         self._pool = pool
         self._pooled = pool is not None and not pool_when_needed
-        self._batch_slots = asyncio.Semaphore(
-            max(2, -(-2 * settings.most_transfers // max(1, settings.batch_files))))
+        # Jobs taken and not yet settled (acked, retried, parked, released; their events
+        # confirmed), so also the messages that carried them.
         self._held = 0
-        # Messages taken and not yet acked, released or retried. A batch's ack comes after its
-        # files are settled (it waits for their shared event), so the last message can still
-        # be open when ``_held`` drops to 0; its settling wakes the worker too.
-        self._open = 0
         self._listing = 0  # listing pages now (those may still publish more work)
         self._taken = 0
         self._handlers: set[asyncio.Task[object]] = set()
@@ -127,16 +117,16 @@ class Worker:
         return queues
 
     def snapshot(self) -> tuple[int, int]:
-        return self._held or self._open, self._taken
+        return self._held, self._taken
 
     def counts(self) -> dict[str, int]:
         """This process's totals, sent with every presence report (``mirror status``)."""
-        s = self.stats
+        s, carried = self.stats, self.broker.carriage()
         return {"fetched": s.fetched, "skipped": s.skipped, "parked": s.parked,
                 "retried": s.retried, "fetched_bytes": s.fetched_bytes,
                 "skipped_bytes": s.skipped_bytes, "received_bytes": s.transferred,
                 "listed_files": s.listed_files, "listed_bytes": s.listed_bytes,
-                "file_messages": s.file_messages,
+                "carried_jobs": carried.jobs, "carried_messages": carried.messages,
                 "pages": s.pages, "inflight": s.inflight, "listing": self._listing}
 
     def request_stop(self, why: str = "stop requested") -> None:
@@ -161,10 +151,7 @@ class Worker:
                 listing = queue == self.topology.list_queue
                 prefetch = self._list_prefetch() if listing else self._fetch_prefetch()
                 self._prefetch[queue] = prefetch
-                handler = self._counted(split_batches(
-                    self._deliver, self.broker, self.spec.name,
-                    self._deliver_files if self._pool is not None else None))
-                consumer = await self.broker.consume(queue, prefetch, handler)
+                consumer = await self.broker.consume(queue, prefetch, self._deliver)
                 self._consumers.append(consumer)
                 if listing:
                     self._list_consumer = consumer
@@ -202,9 +189,9 @@ class Worker:
         return self.ctx.list_slots.limit
 
     def _fetch_prefetch(self) -> int:
-        """Messages to hold: enough to keep every transfer slot busy (a message holds at least
-        one file), and no more, since held messages age towards the consumer timeout and
-        are out of reach of other workers."""
+        """Messages to hold: enough to keep every transfer slot busy (a message carries at
+        least one job), and no more, since held messages age towards the consumer timeout
+        and are out of reach of other workers."""
         if self._pool is not None and self._pooled:
             total = self._pool.total_limit()
             # Plus what is still fetched here (handed over, the pool needs its own share).
@@ -286,19 +273,6 @@ class Worker:
                 log.warning("drain deadline passed: %d jobs given back to the queue", len(late))
                 await asyncio.wait(late, timeout=10)
 
-    def _counted(self, handler: Handler) -> Handler:
-        async def counted(delivery: Delivery) -> None:
-            self._open += 1
-            try:
-                await handler(delivery)
-            finally:
-                self._open -= 1
-                if not self._open:
-                    self._wake.set()  # the job may be done: check now, not at the next poll
-                    self.presence.nudge()
-
-        return counted
-
     async def _deliver(self, delivery: Delivery) -> None:
         if self._stopping:
             await delivery.release()
@@ -318,44 +292,6 @@ class Worker:
             if task is not None:
                 self._handlers.discard(task)
 
-    async def _deliver_files(self, parts: list[FileDelivery]) -> None:  # noqa: PLR0912  (the second delivery path, until the broker unpacks batches)
-        """The files of one batch message, fetched as one request to the fetch processes."""
-        assert self._pool is not None
-        if not self._use_pool():
-            await asyncio.gather(*(self._deliver(part) for part in parts))
-            return
-        if self._stopping:
-            for part in parts:
-                await part.release()
-            return
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-        self._held += len(parts)
-        self._taken += len(parts)
-        try:
-            try:
-                async with self._batch_slots:
-                    results = await self._pool.fetch_many([p.job for p in parts])
-            except asyncio.CancelledError:
-                for part in parts:
-                    await asyncio.shield(self._settle(part.release()))
-                raise
-            except Exception as exc:  # the request itself failed: every file shares it
-                results = [exc] * len(parts)
-            for part, result in zip(parts, results, strict=True):
-                if isinstance(result, BaseException):
-                    await self._settle_error(part, result)
-                else:
-                    await self._settle_done(part, result)
-        finally:
-            self._held -= len(parts)
-            if not self._held:
-                self._wake.set()
-                self.presence.nudge()
-            if task is not None:
-                self._handlers.discard(task)
-
     async def _process(self, delivery: Delivery) -> None:
         job = delivery.job
         try:
@@ -365,20 +301,17 @@ class Worker:
                     outcome = await list_dir(job, self.ctx)
                 finally:
                     self._listing -= 1
+            elif self._pool is not None and self._use_pool():
+                async with self._pool_slots:  # the processes adapt their own slots
+                    outcome = await self._pool.fetch(job)
             else:
-                if not isinstance(job, FetchJob):  # batches are split before they get here
-                    raise TypeError(f"unexpected {type(job).__name__} in the file handler")
-                if self._pool is not None and self._use_pool():
-                    async with self._pool_slots:  # the processes adapt their own slots
-                        outcome = await self._pool.fetch(job)
-                else:
-                    async with self._fetch_slots:
-                        moved = 0
-                        try:
-                            outcome = await fetch_file(job, self.ctx)
-                            moved = job.size if outcome == "fetched" else 0
-                        finally:
-                            self._fetch_slots.done(moved)
+                async with self._fetch_slots:
+                    moved = 0
+                    try:
+                        outcome = await fetch_file(job, self.ctx)
+                        moved = job.size if outcome == "fetched" else 0
+                    finally:
+                        self._fetch_slots.done(moved)
         except asyncio.CancelledError:
             await asyncio.shield(self._settle(delivery.release()))
             raise
@@ -392,11 +325,8 @@ class Worker:
             job = delivery.job
             if (outcome in ("fetched", "skipped") and self.settings.file_events
                     and isinstance(job, FetchJob)):
-                if isinstance(delivery, FileDelivery):
-                    delivery.outcome = outcome  # told with its batch, before its ack
-                else:
-                    # Confirmed before the ack: at least once, never lost.
-                    await self.broker.publish_event(file_event(outcome, self.spec.name, job))
+                # Confirmed before the ack: at least once, never lost.
+                await self.broker.publish_event(file_event(outcome, self.spec.name, job))
         except BrokerError as exc:
             await self._settle_error(delivery, exc)
             return

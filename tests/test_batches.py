@@ -1,131 +1,141 @@
-"""Batches of small files: packed by the lister, settled file by file, on both brokers."""
+"""Batching is the RabbitMQ broker's own business: it packs small files and folders into
+messages and hands them out one delivery per job, each settled on its own; the embedded broker
+packs nothing. The same per-job behaviour is checked on both."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from mirror.batches import FileDelivery, FileOutbox, pack, split_batches
-from mirror.broker import Broker, Delivery, Topology
-from mirror.broker.memory import MemoryBroker
-from mirror.errors import BrokerUnavailable, ErrorDetail, NotFound, ProtocolError
-from mirror.events import each_file
-from mirror.jobs import (
-    FetchBatch,
-    FetchJob,
-    Job,
-    JobSpec,
-    ListBatch,
-    ListJob,
-    Reason,
-    decode_job,
-    encode_job,
+from mirror.broker import Broker, Carriage, Delivery, QueueDepth, Topology
+from mirror.broker.batching import (
+    BatchLimits,
+    FileOutbox,
+    decode_message,
+    encode_message,
+    in_jobs,
+    split,
 )
-from tests.test_broker_contract import Factory, brokers, collect, spec_of, wait_depth
+from mirror.broker.memory import MemoryBroker
+from mirror.broker.rabbitmq import RabbitBroker
+from mirror.errors import BrokerError, BrokerUnavailable, ErrorDetail, NotFound, ProtocolError
+from mirror.events import each_file, file_event
+from mirror.jobs import FetchJob, Job, JobSpec, ListJob, Reason
+from tests.test_broker_contract import collect, spec_of, wait_depth
 
-__all__ = ["brokers"]  # the fixture, shared with the broker contract
-
-
-def test_pack_groups_small_files_by_queue_within_limits() -> None:
-    spec = JobSpec(name="p", source="upyun://b/", shards=2, shard_by="path")
-    topology = Topology(spec)
-    small = [FetchJob(f"d/f{i}", size=10) for i in range(9)]
-    jobs = [ListJob("d/sub"), FetchJob("d/big", size=5000), FetchJob("d/e", is_dir=True),
-            *small]
-    out = pack(jobs, topology, max_files=3, max_bytes=25, small_max=1000)
-    assert out[:3] == jobs[:3]  # listings, large files and folders go alone
-    batches = out[3:]
-    # every small file exactly once, each batch on one queue, within 3 files and 25 bytes
-    spread = [f for b in batches for f in (b.files if isinstance(b, FetchBatch) else [b])]
-    assert sorted(f.path for f in spread) == sorted(f.path for f in small)
-    for b in batches:
-        files = b.files if isinstance(b, FetchBatch) else (b,)
-        assert isinstance(b, FetchBatch | FetchJob)
-        assert len(files) <= 2  # 3 x 10 bytes is over 25
-        assert len({topology.queue_for(f) for f in files}) == 1
-        assert topology.queue_for(b) == topology.queue_for(files[0])
-    assert pack(jobs, topology, max_files=1, max_bytes=25, small_max=1000) == jobs
+Factory = Callable[[], Awaitable[Broker]]
 
 
-def test_pack_groups_folders_to_list() -> None:
-    topology = Topology(JobSpec(name="p", source="upyun://b/"))
-    folders = [ListJob(f"d{i}") for i in range(7)]
-    files = [FetchJob("f", size=1), FetchJob("g", size=1)]
-    out = pack([*folders, *files], topology, max_files=1, max_bytes=25, small_max=10,
-               max_folders=3)
-    assert out == [ListBatch(tuple(folders[:3])), ListBatch(tuple(folders[3:6])), folders[6],
-                   *files]
-    assert {topology.queue_for(j) for j in out[:3]} == {topology.list_queue}
-    assert pack(folders, topology, 32, 25, 10, max_folders=1) == folders
+@pytest.fixture(params=["memory", "rabbitmq"])
+async def batching(request: pytest.FixtureRequest, job_name: str) -> AsyncIterator[Factory]:
+    """Brokers of one job as the workers connect them: RabbitMQ packing (``--batch-files``
+    32), the embedded one as it is."""
+    made: list[Broker] = []
+    shared = MemoryBroker()
+    url = request.getfixturevalue("rabbit_url") if request.param == "rabbitmq" else None
 
+    async def make() -> Broker:
+        if url is None:
+            made[:] = [shared]
+            return shared
+        broker = await RabbitBroker.connect(url, job_name, connection_name="batch-test",
+                                            batching=BatchLimits())
+        made.append(broker)
+        return broker
 
-def test_batch_messages_round_trip_and_bad_ones_are_refused() -> None:
-    batch = FetchBatch((FetchJob("a/x", 3, 1.5, "e"), FetchJob("a/\udcff y", 0)))
-    assert decode_job(encode_job(batch)) == batch
-    lists = ListBatch((ListJob("a"), ListJob("b", "cursor", 2, 0, "b/z")))
-    assert decode_job(encode_job(lists)) == lists
-    for bad in (b'{"v":1,"t":"batch","files":[]}', b'{"v":1,"t":"batch","files":[1]}',
-                b'{"v":1,"t":"batch","files":[{"path":"a"}],"x":1}',
-                b'{"v":1,"t":"batch","files":[{"nope":"a"}]}',
-                b'{"v":1,"t":"lists","files":[{"path":"a"}]}',
-                b'{"v":1,"t":"lists","folders":[{"path":"a","size":1}]}'):
-        with pytest.raises(ProtocolError):
-            decode_job(bad)
+    yield make
+    if url is not None and made:
+        cleaner = await RabbitBroker.connect(url, job_name)
+        assert isinstance(made[0], RabbitBroker)
+        cleaner._topology = made[0]._topology
+        await cleaner.delete_job()
+        await cleaner.close()
+    for broker in made:
+        await broker.close()
 
 
 async def declared(b: Broker, job_name: str, jobs: list[Job]) -> Topology:
-    """The job declared on ``b`` with ``jobs`` published to their queues."""
     spec = spec_of(job_name)
     await b.declare(spec)
     await b.publish(jobs)
     return Topology(spec)
 
 
-async def one_batch(brokers: Factory, job_name: str,
-                    n: int) -> tuple[Broker, Topology, tuple[FetchJob, ...]]:
-    """A declared job with one batch of ``n`` files published on its fetch queue."""
-    b = await brokers()
-    files = tuple(FetchJob(f"d/f{i}", size=i) for i in range(n))
-    return b, await declared(b, job_name, [FetchBatch(files)]), files
+async def events_until_marker(b: Broker, job_name: str, events: list[dict[str, Any]]
+                              ) -> list[dict[str, Any]]:
+    """The file events received before a marker event sent now: every event confirmed before
+    it has arrived once it has (one publisher, one exchange, in order)."""
+    await b.publish_event({"event": "job.finished", "job": job_name, "marker": True})
+    for _ in range(100):
+        if any(e.get("marker") for e in events):
+            return [e for e in events[:next(i for i, e in enumerate(events) if e.get("marker"))]
+                    if e["event"].startswith("file.")]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the marker event never came: {events}")
 
 
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
+async def told(b: Broker, job_name: str, d: Delivery) -> None:
+    """What the worker does on success: the file's event, confirmed, then the ack."""
+    assert isinstance(d.job, FetchJob)
+    await b.publish_event(file_event("fetched", job_name, d.job))
+    await d.ack()
 
 
-async def first_event(events: list[dict[str, Any]]) -> None:
-    for _ in range(50):
-        if events:
-            return
-        await asyncio.sleep(0.1)
+def test_split_sets_small_files_apart_and_groups_folders() -> None:
+    limits = BatchLimits(files=3, bytes=25, small_max=1000, folders=3)
+    folders = [ListJob(f"d{i}") for i in range(7)]
+    big, empty = FetchJob("d/big", size=5000), FetchJob("d/e", is_dir=True)
+    small = [FetchJob(f"d/f{i}", size=10) for i in range(4)]
+    files, messages = split([*folders, big, empty, *small], limits)
+    assert files == small
+    assert messages == [folders[:3], folders[3:6], folders[6:], [big], [empty]]
+    # --batch-files 1: files alone, folders still grouped; no batching: all alone
+    files, messages = split([*folders[:2], *small], BatchLimits(files=1, folders=3))
+    assert files == [] and messages == [folders[:2], *([f] for f in small)]
+    assert split(small, None) == ([], [[f] for f in small])
 
 
-async def test_each_file_of_a_batch_is_settled_on_its_own(brokers: Factory,
-                                                          job_name: str) -> None:
-    b, t, files = await one_batch(brokers, job_name, 5)
+def test_messages_round_trip_and_bad_ones_are_refused() -> None:
+    files = [FetchJob("a/x", 3, 1.5, "e"), FetchJob("a/\udcff y", 0)]
+    assert decode_message(encode_message(files)) == files
+    lists = [ListJob("a"), ListJob("b", "cursor", 2, 0, "b/z")]
+    assert decode_message(encode_message(lists)) == lists
+    assert decode_message(encode_message(files[:1])) == files[:1]
+    for bad in (b'{"v":1,"t":"batch","files":[]}', b'{"v":1,"t":"batch","files":[1]}',
+                b'{"v":1,"t":"batch","files":[{"path":"a"}],"x":1}',
+                b'{"v":1,"t":"batch","files":[{"nope":"a"}]}',
+                b'{"v":1,"t":"lists","files":[{"path":"a"}]}',
+                b'{"v":1,"t":"lists","folders":[{"path":"a","size":1}]}',
+                b'{"v":2,"t":"batch","files":[{"path":"a"}]}', b"[1]", b"{"):
+        with pytest.raises(ProtocolError):
+            decode_message(bad)
+
+
+async def test_each_file_is_delivered_and_settled_on_its_own(batching: Factory,
+                                                             job_name: str) -> None:
+    b = await batching()
+    files = [FetchJob(f"d/f{i}", size=i) for i in range(5)]
+    t = await declared(b, job_name, list(files))
+    # RabbitMQ carries them in one message, and says so; the embedded broker in five
+    depth = (await b.depths())[t.fetch_queue(0)]
+    assert (depth.ready, depth.ready_jobs) == ((1, 5) if isinstance(b, RabbitBroker) else (5, 5))
     events: list[dict[str, Any]] = []
     await b.subscribe_events(events.append)
 
     async def per_file(d: Delivery) -> None:
-        assert isinstance(d, FileDelivery)
         name = d.job.path
         if name == "d/f2":
             await d.retry(0.3)  # a transient failure: this file alone comes back
         elif name == "d/f3":
             await d.park(Reason.from_error(NotFound("gone", ErrorDetail()), 1))
         else:
-            d.outcome = "fetched"
-            await d.ack()
+            await told(b, job_name, d)
 
-    [whole] = await collect(b, t.fetch_queue(0), 1, split_batches(per_file, b, job_name))
-    assert isinstance(whole.job, FetchBatch)
+    got = await collect(b, t.fetch_queue(0), 5, per_file)
+    assert sorted(d.job.path for d in got) == [f.path for f in files]
 
     async def ack(d: Delivery) -> None:
         await d.ack()
@@ -134,16 +144,18 @@ async def test_each_file_of_a_batch_is_settled_on_its_own(brokers: Factory,
     assert again.job == files[2] and again.attempts == 1
     await wait_depth(b, t.parked_queue, 1)
     await wait_depth(b, t.fetch_queue(0), 0)
-    await first_event(events)
-    # one event for the three files done, spread out by each_file
-    [event] = events
-    assert event["event"] == "file.fetched"
-    assert sorted(e["path"] for e in each_file(event)) == ["d/f0", "d/f1", "d/f4"]
+    seen = await events_until_marker(b, job_name, events)
+    assert sorted(e["path"] for event in seen for e in each_file(event)) == [
+        "d/f0", "d/f1", "d/f4"]
+    if isinstance(b, RabbitBroker):
+        assert len(seen) == 1  # told together: one event for the three files
 
 
-async def test_a_released_file_brings_its_whole_batch_back(brokers: Factory,
-                                                          job_name: str) -> None:
-    b, t, files = await one_batch(brokers, job_name, 3)
+async def test_a_released_job_comes_back_with_the_jobs_of_its_message(
+        batching: Factory, job_name: str) -> None:
+    b = await batching()
+    files = [FetchJob(f"d/f{i}", size=1) for i in range(3)]
+    t = await declared(b, job_name, list(files))
     seen: list[tuple[str, bool]] = []
 
     async def release_one(d: Delivery) -> None:
@@ -153,77 +165,86 @@ async def test_a_released_file_brings_its_whole_batch_back(brokers: Factory,
         else:
             await d.ack()
 
-    await collect(b, t.fetch_queue(0), 2, split_batches(release_one, b, job_name))
+    whole = isinstance(b, RabbitBroker)
+    await collect(b, t.fetch_queue(0), 6 if whole else 4, release_one)
+    again = [f.path for f in files] if whole else ["d/f1"]
     assert sorted(seen) == sorted([(f.path, False) for f in files] +
-                                  [(f.path, True) for f in files])
+                                  [(p, True) for p in again])
     await wait_depth(b, t.fetch_queue(0), 0)
 
 
-async def test_batches_settled_together_share_one_event(brokers: Factory,
+async def test_a_message_is_acked_only_once_all_its_jobs_are_settled(
+        rabbit_url: str, job_name: str) -> None:
+    """A worker that dies with some jobs of a message done and others in hand: the message
+    comes back whole (the done ones are redone, skipped as current: at least once)."""
+    first = await RabbitBroker.connect(rabbit_url, job_name, batching=BatchLimits())
+    second = await RabbitBroker.connect(rabbit_url, job_name, batching=BatchLimits())
+    try:
+        files = [FetchJob(f"d/f{i}", size=1) for i in range(3)]
+        t = await declared(first, job_name, list(files))
+        await second.attach()
+        hanging = asyncio.Event()
+
+        async def ack_one_then_hang(d: Delivery) -> None:
+            if d.job.path == "d/f0":
+                await d.ack()
+            else:
+                hanging.set()
+                await asyncio.Event().wait()  # the worker dies before settling these
+
+        consumer = await first.consume(t.fetch_queue(0), 1, ack_one_then_hang)
+        await asyncio.wait_for(hanging.wait(), 20)
+        await consumer.cancel()
+        await first.close()  # its connections drop: RabbitMQ requeues what it held
+        got = await collect(second, t.fetch_queue(0), 3, lambda d: d.ack())
+        assert sorted(d.job.path for d in got) == [f.path for f in files]
+        assert all(d.redelivered for d in got)
+        await wait_depth(second, t.fetch_queue(0), 0)
+    finally:
+        await second.delete_job()
+        await second.close()
+
+
+async def test_an_event_that_fails_brings_its_jobs_back(rabbit_url: str,
                                                         job_name: str) -> None:
-    b = await brokers()
-    batches: list[Job] = [FetchBatch(tuple(FetchJob(f"d{i}/f{j}", size=j) for j in range(3)))
-                          for i in range(2)]
-    t = await declared(b, job_name, batches)
-    events: list[dict[str, Any]] = []
-    await b.subscribe_events(events.append)
-
-    async def fetched(d: Delivery) -> None:
-        assert isinstance(d, FileDelivery)
-        d.outcome = "fetched"
-        await d.ack()
-
-    split = split_batches(fetched, b, job_name)
-    settled: list[Delivery] = []
-
-    async def settling(d: Delivery) -> None:
-        await split(d)  # returns once the batch is settled: its events are confirmed by then
-        settled.append(d)
-
-    await collect(b, t.fetch_queue(0), 2, settling, prefetch=2)
-    await wait_for(lambda: len(settled) == 2, "both batches settled")
-    # Every event of the batches is on the broker now: one sent after them arrives after them.
-    await b.publish_event({"event": "test.marker"})
-    await wait_for(lambda: any(e.get("event") == "test.marker" for e in events), "the marker")
-    event, marker = events
-    assert marker["event"] == "test.marker"
-    assert sorted(e["path"] for e in each_file(event)) == sorted(
-        f"d{i}/f{j}" for i in range(2) for j in range(3))
-
-
-async def test_an_event_that_fails_brings_its_batches_back() -> None:
-    class Refusing(MemoryBroker):
+    class Refusing(RabbitBroker):
         refused = 0
 
-        async def publish_event(self, event: dict[str, Any]) -> None:
+        async def _send_event(self, event: dict[str, Any]) -> None:
             if not self.refused:
                 self.refused += 1
                 raise BrokerUnavailable("the broker went away")
-            await super().publish_event(event)
+            await super()._send_event(event)
 
-    b = Refusing()
-    t = await declared(b, "refusing", [FetchBatch((FetchJob("a/x", 1), FetchJob("a/y", 1))),
-                                       FetchBatch((FetchJob("b/x", 1), FetchJob("b/y", 1)))])
-    seen: list[tuple[str, bool]] = []
+    b = await Refusing.connect(rabbit_url, job_name, batching=BatchLimits())
+    try:
+        t = await declared(b, job_name, [FetchJob("a/x", 1), FetchJob("a/y", 1)])
+        seen: list[tuple[str, bool]] = []
 
-    async def fetched(d: Delivery) -> None:
-        assert isinstance(d, FileDelivery)
-        seen.append((d.job.path, d.redelivered))
-        d.outcome = "fetched"
-        await d.ack()
+        async def fetched(d: Delivery) -> None:
+            seen.append((d.job.path, d.redelivered))
+            try:
+                await told(b, job_name, d)
+            except BrokerError:
+                await d.release()  # what the worker does: the job comes back
 
-    await collect(b, t.fetch_queue(0), 4, split_batches(fetched, b, "refusing"), prefetch=2)
-    # both batches shared the event that failed: both came back, and were told the second time
-    assert sorted(seen) == sorted((p, again) for p in ("a/x", "a/y", "b/x", "b/y")
-                                  for again in (False, True))
-    await wait_depth(b, t.fetch_queue(0), 0)
+        await collect(b, t.fetch_queue(0), 4, fetched)
+        # both files shared the event that failed: both came back, and were told again
+        assert sorted(seen) == sorted((p, again) for p in ("a/x", "a/y")
+                                      for again in (False, True))
+        await wait_depth(b, t.fetch_queue(0), 0)
+    finally:
+        await b.delete_job()
+        await b.close()
 
 
-async def test_each_folder_of_a_list_batch_is_settled_on_its_own(brokers: Factory,
-                                                                 job_name: str) -> None:
-    b = await brokers()
-    folders = tuple(ListJob(f"d{i}") for i in range(4))
-    t = await declared(b, job_name, [ListBatch(folders)])
+async def test_each_folder_is_listed_and_settled_on_its_own(batching: Factory,
+                                                            job_name: str) -> None:
+    b = await batching()
+    folders = [ListJob(f"d{i}") for i in range(4)]
+    t = await declared(b, job_name, list(folders))
+    depth = (await b.depths())[t.list_queue]
+    assert depth.ready == (1 if isinstance(b, RabbitBroker) else 4)
     seen: list[str] = []
 
     async def per_folder(d: Delivery) -> None:
@@ -235,8 +256,8 @@ async def test_each_folder_of_a_list_batch_is_settled_on_its_own(brokers: Factor
         else:
             await d.ack()
 
-    [whole] = await collect(b, t.list_queue, 1, split_batches(per_folder, b, job_name))
-    assert isinstance(whole.job, ListBatch) and sorted(seen) == ["d0", "d1", "d2", "d3"]
+    await collect(b, t.list_queue, 4, per_folder)
+    assert sorted(seen) == ["d0", "d1", "d2", "d3"]
 
     async def ack(d: Delivery) -> None:
         await d.ack()
@@ -247,8 +268,40 @@ async def test_each_folder_of_a_list_batch_is_settled_on_its_own(brokers: Factor
     await wait_depth(b, t.list_queue, 0)
 
 
+async def test_pages_listed_together_fill_messages_together(rabbit_url: str,
+                                                            job_name: str) -> None:
+    """Two pages of 20 small files each, published at about the same time: 32 + 8 files in
+    two messages instead of 20 + 20; each page returns once its files are all published."""
+    b = await RabbitBroker.connect(rabbit_url, job_name, batching=BatchLimits())
+    try:
+        t = await declared(b, job_name, [])
+        pages = [[FetchJob(f"d{p}/f{i}", size=10) for i in range(20)] for p in range(2)]
+        await asyncio.gather(*(b.publish(page) for page in pages))
+        assert b.carriage() == Carriage(40, 2)
+        await wait_depth(b, t.fetch_queue(0), 2)
+        got = await collect(b, t.fetch_queue(0), 40, lambda d: d.ack())
+        assert sorted(d.job.path for d in got) == sorted(j.path for page in pages
+                                                         for j in page)
+    finally:
+        await b.delete_job()
+        await b.close()
+
+
+async def test_a_shared_message_that_fails_fails_every_page_in_it() -> None:
+    async def refuse(queue: str, jobs: list[Job]) -> None:
+        raise BrokerUnavailable("the broker went away")
+
+    topology = Topology(spec_of("refusing-files"))
+    outbox = FileOutbox(topology, BatchLimits(), refuse)
+    results = await asyncio.gather(
+        *(outbox.send([FetchJob(f"d{p}/f{i}", size=1) for i in range(3)]) for p in range(2)),
+        return_exceptions=True)
+    assert [type(r) for r in results] == [BrokerUnavailable, BrokerUnavailable]
+
+
 def test_status_counts_queued_files_not_messages() -> None:
-    from mirror.broker import QueueDepth
+    """``mirror status`` reads message counts as files the way the broker reckons them,
+    from what the workers report they carried."""
     from mirror.status import Snapshot, summarize
 
     spec = JobSpec(name="s", source="upyun://b/", shards=2)
@@ -256,44 +309,13 @@ def test_status_counts_queued_files_not_messages() -> None:
     queues = {q: QueueDepth(0, 0, 1) for q in [*t.pending_queues, t.parked_queue]}
     queues[t.fetch_queue(0)] = QueueDepth(3, 1, 1)  # messages: batches of 25 files here
     queues[t.retry_queue(0)] = QueueDepth(2, 0, 0)  # single files waiting for a retry
-    lister = {"counts": {"listed_files": 100, "file_messages": 4, "listing": 1}, "held": 1}
-    now = Snapshot("s", "memory", "management", 0.0, queues, t, {"w1": lister})
-    files = summarize(now)["files"]
-    assert files["queued"] == 3 * 25 + 2 + 1 * 25
-
-
-async def test_pages_listed_together_fill_batches_together(brokers: Factory,
-                                                          job_name: str) -> None:
-    """Two pages of 20 small files each, sent at about the same time: 32 + 8 files in two
-    messages instead of 20 + 20; each page returns once its files are all published."""
-    b = await brokers()
-    t = await declared(b, job_name, [])
-    counted: list[int] = []
-    outbox = FileOutbox(b, t, max_files=32, max_bytes=1 << 20, small_max=1000,
-                        on_message=lambda: counted.append(1))
-    pages = [[FetchJob(f"d{p}/f{i}", size=10) for i in range(20)] for p in range(2)]
-    big = FetchJob("d0/big", size=5000)
-    assert [outbox.takes(j) for j in (pages[0][0], big, FetchJob("d1", is_dir=True))] == [
-        True, False, False]
-    await asyncio.gather(*(outbox.send(page) for page in pages))
-    assert len(counted) == 2
-    got = await collect(b, t.fetch_queue(0), 2, lambda d: d.ack())
-    sizes = sorted(len(d.job.files) if isinstance(d.job, FetchBatch) else 1 for d in got)
-    assert sizes == [8, 32]
-    files = [f.path for d in got for f in (d.job.files if isinstance(d.job, FetchBatch) else ())]
-    assert sorted(files) == sorted(j.path for page in pages for j in page)
-
-
-async def test_a_shared_batch_that_fails_fails_every_page_in_it() -> None:
-    class Refusing(MemoryBroker):
-        async def publish(self, jobs: Sequence[Job]) -> None:
-            if jobs:
-                raise BrokerUnavailable("the broker went away")
-
-    b = Refusing()
-    t = await declared(b, "refusing-files", [])
-    outbox = FileOutbox(b, t, max_files=32, max_bytes=1 << 20, small_max=1000)
-    results = await asyncio.gather(
-        *(outbox.send([FetchJob(f"d{p}/f{i}", size=1) for i in range(3)]) for p in range(2)),
-        return_exceptions=True)
-    assert [type(r) for r in results] == [BrokerUnavailable, BrokerUnavailable]
+    reckoned = in_jobs(queues, t, Carriage(100, 4))
+    assert reckoned[t.fetch_queue(0)].ready_jobs == 75
+    lister = {"counts": {"listed_files": 100, "listing": 1}, "held": 1}
+    now = Snapshot("s", "memory", "management", 0.0, reckoned, t, {"w1": lister})
+    assert summarize(now)["files"]["queued"] == 3 * 25 + 2 + 1 * 25
+    # nothing carried yet: at least one file per message
+    unknown = in_jobs(queues, t, Carriage())
+    assert unknown[t.fetch_queue(0)].per_message is None
+    now = Snapshot("s", "memory", "management", 0.0, unknown, t, {"w1": lister})
+    assert summarize(now)["files"]["queued"] == 3 + 2 + 1

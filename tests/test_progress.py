@@ -111,11 +111,11 @@ async def mirror_with_readings(tmp_path: Path, files: int, max_backlog: int,
 
 
 async def test_backlog_counts_files_and_the_eta_is_plausible(tmp_path: Path) -> None:
-    """3,000 small files travel 32 to a message: the view counts the files, the listed
-    total is exact once listing is done, percent reaches 100, and the ETA is the right order
-    of magnitude."""
+    """3,000 small files on the embedded broker (one job a message, counted exactly): the
+    view counts the files, the listed total is exact once listing is done, percent reaches
+    100, and the ETA is the right order of magnitude."""
     files = 3000
-    # The listing pauses while the fetch queue holds ~50 messages: it finishes mid-run.
+    # The listing pauses while the fetch queue holds ~1,600 files: it finishes mid-run.
     readings, final, progress = await mirror_with_readings(tmp_path, files, max_backlog=1600)
     listing = [(left, v, m) for left, v, m in readings if not v.listing_done]
     listed = [(left, v, m) for left, v, m in readings if v.listing_done]
@@ -125,8 +125,8 @@ async def test_backlog_counts_files_and_the_eta_is_plausible(tmp_path: Path) -> 
         assert v.backlog >= messages
         # what is queued, in flight and done adds up to what was listed
         assert abs(v.backlog + v.in_flight + v.files_done - v.listed) <= 32, v
-    # the backlog is counted in files: a message carries up to 32 of them
-    assert any(m >= 5 and v.backlog >= 10 * m for _, v, m in readings), readings
+    # the backlog is counted in files, and the queue did hold many
+    assert any(v.backlog >= 320 for _, v, _ in readings), readings
     for _, v, _ in listing:
         assert v.total is None and v.percent is None
         if v.eta_s is not None and v.left:

@@ -17,11 +17,11 @@ A broker instance serves one job. Both implementations (``MemoryBroker`` in-proc
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mirror.jobs import FetchBatch, FetchJob, Job, JobSpec, ListBatch, Reason, shard_of
+from mirror.jobs import FetchJob, Job, JobSpec, Reason, shard_of
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,6 @@ class Topology:
         return [*self.work_queues, *self.retry_queues]
 
     def queue_for(self, job: Job) -> str:
-        if isinstance(job, ListBatch):
-            return self.list_queue
-        if isinstance(job, FetchBatch):
-            job = job.files[0]  # the lister batches files of one shard only
         if isinstance(job, FetchJob):
             return self.fetch_queue(
                 shard_of(job.path, self.spec.shards, self.spec.shard_by, job.is_dir)
@@ -94,16 +90,40 @@ class Topology:
 class QueueDepth:
     """Messages in one queue; and, where the broker holds the jobs themselves (the embedded
     one), the files, bytes and folder listings they carry. None where unknown: RabbitMQ
-    counts messages only, and a message may carry a batch of files."""
+    counts messages only, and a message of a broker that packs jobs may carry several."""
 
     ready: int
     unacked: int | None = None  # None where the transport cannot tell (plain AMQP)
     consumers: int | None = None
+    # Jobs a message carries, on average, as the broker reckons (``Broker.in_jobs``); None:
+    # several, how many is not known (the message count is a lower bound).
+    per_message: float | None = 1.0
     ready_files: int | None = None  # files in the ready (or retry-waiting) messages
     unacked_files: int | None = None  # files in the messages handed out, not yet settled
     ready_bytes: int | None = None  # their listed sizes
     unacked_bytes: int | None = None
     listings: int | None = None  # folder listings in the queue's messages, ready or held
+
+    @property
+    def ready_jobs(self) -> int:
+        """Jobs in the ready messages (at least; about, where a message may carry several)."""
+        return round(self.ready * (self.per_message or 1.0))
+
+
+@dataclass(frozen=True)
+class Carriage:
+    """Jobs one broker carried on the fetch queues (published or consumed), and the messages
+    they took. Workers report it, so that whoever reads the queues elsewhere (``mirror
+    status``) can have their message counts read as jobs (``Broker.in_jobs``)."""
+
+    jobs: int = 0
+    messages: int = 0
+
+    def per_message(self) -> float | None:
+        return self.jobs / self.messages if self.jobs and self.messages else None
+
+    def __add__(self, other: Carriage) -> Carriage:
+        return Carriage(self.jobs + other.jobs, self.messages + other.messages)
 
 
 class Delivery(Protocol):
@@ -181,21 +201,33 @@ class Broker(Bus, Protocol):
         """Load the stored spec of an existing job; ConfigError when there is none."""
         ...
 
-    async def publish(self, jobs: Sequence[Job]) -> None: ...
+    async def publish(self, jobs: Sequence[Job]) -> None:
+        """Put jobs on their queues; returns once every one is durable. How many travel in
+        one message is the broker's business: every consumer gets one delivery per job."""
+        ...
 
     async def park(self, job: Job, reason: Reason) -> None:
         """Put a job straight into the parked queue (a listed entry refused before any work)."""
         ...
 
-    async def retry_later(self, job: Job, attempts: int, delay_s: float) -> None:
-        """Send a job through the retry tier for ``delay_s`` back to its queue, with
-        ``attempts`` (a file of a batch that failed)."""
+    async def consume(self, queue: str, prefetch: int, handler: Handler) -> Consumer:
+        """Call ``handler`` with one delivery per job. ``prefetch`` bounds the messages held
+        unsettled (a broker that packs jobs hands out those of each message it holds)."""
         ...
 
-    async def consume(self, queue: str, prefetch: int, handler: Handler) -> Consumer: ...
-
     async def depths(self) -> dict[str, QueueDepth]:
-        """Depth of every queue of the job (work, retry and parked)."""
+        """Depth of every queue of the job (work, retry and parked), its jobs per message
+        told from what this broker carried (``in_jobs``)."""
+        ...
+
+    def carriage(self) -> Carriage:
+        """What this broker carried on the fetch queues so far (for workers' reports)."""
+        ...
+
+    def in_jobs(self, depths: Mapping[str, QueueDepth],
+                reported: Carriage | None = None) -> dict[str, QueueDepth]:
+        """``depths`` (read here or elsewhere, e.g. the management API) with their jobs per
+        message told, from what this broker and, ``reported``, other workers carried."""
         ...
 
     async def close(self) -> None: ...
@@ -208,6 +240,7 @@ def topology_of(spec: JobSpec) -> Topology:
 __all__ = [
     "Broker",
     "Bus",
+    "Carriage",
     "Consumer",
     "ControlCallback",
     "Delivery",

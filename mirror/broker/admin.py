@@ -6,10 +6,10 @@ journal instead (``mirror.parking``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from mirror.broker import Bus, ParkedJob, QueueDepth
+from mirror.broker import Bus, Carriage, ParkedJob, QueueDepth
 from mirror.jobs import JobSpec
 
 
@@ -24,6 +24,12 @@ class BrokerAdmin(Bus, Protocol):
         ...
 
     async def depths(self) -> dict[str, QueueDepth]: ...
+
+    def in_jobs(self, depths: Mapping[str, QueueDepth],
+                reported: Carriage | None = None) -> dict[str, QueueDepth]:
+        """``depths`` read elsewhere (the management API) with their jobs per message told
+        from what the workers report they carried (the broker may pack jobs)."""
+        ...
 
     async def parked_jobs(self, limit: int = 10_000) -> list[ParkedJob]:
         """Read (and leave in place) up to ``limit`` parked jobs."""

@@ -4,6 +4,7 @@ Used by ``mirror run`` without ``--broker`` and by tests. Messages are kept as j
 (they are frozen), retries wait on the event loop's timers, parked jobs are kept in memory and
 reported to an optional callback so the caller can journal them. Holding the jobs, it also
 counts the files, bytes and folder listings in each queue (``depths``), which RabbitMQ cannot.
+Every message is one job: in one process a message costs next to nothing, so nothing is packed.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mirror.broker import ControlCallback, Handler, ParkedJob, QueueDepth, Topology
+from mirror.broker import Carriage, ControlCallback, Handler, ParkedJob, QueueDepth, Topology
 from mirror.concurrency import Slots
 from mirror.errors import ConfigError
-from mirror.jobs import FetchBatch, FetchJob, Job, JobSpec, ListBatch, ListJob, Reason
+from mirror.jobs import FetchJob, Job, JobSpec, ListJob, Reason
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,10 @@ class _Load:
     listings: int = 0
 
     def add(self, job: Job, sign: int = 1) -> None:
-        if isinstance(job, FetchBatch):
-            self.files += sign * len(job.files)
-            self.bytes += sign * sum(f.size for f in job.files)
-        elif isinstance(job, FetchJob):
+        if isinstance(job, FetchJob):
             if not job.is_dir:
                 self.files += sign
                 self.bytes += sign * job.size
-        elif isinstance(job, ListBatch):
-            self.listings += sign * len(job.folders)
         elif isinstance(job, ListJob):
             self.listings += sign
 
@@ -193,9 +189,6 @@ class MemoryBroker:
     async def park(self, job: Job, reason: Reason) -> None:
         self._park(ParkedJob(job, self.topology.queue_for(job), reason))
 
-    async def retry_later(self, job: Job, attempts: int, delay_s: float) -> None:
-        self._delay(self._queues[self.topology.queue_for(job)], _Message(job, attempts), delay_s)
-
     async def consume(self, queue: str, prefetch: int, handler: Handler) -> _Consumer:
         q = self._queues.get(queue)
         if q is None:
@@ -254,6 +247,13 @@ class MemoryBroker:
 
     async def depths(self) -> dict[str, QueueDepth]:
         return {name: q.depth() for name, q in self._queues.items()}
+
+    def carriage(self) -> Carriage:
+        return Carriage()  # one job a message: the depths count jobs as they are
+
+    def in_jobs(self, depths: Mapping[str, QueueDepth],
+                reported: Carriage | None = None) -> dict[str, QueueDepth]:
+        return dict(depths)
 
     async def broadcast(self, message: dict[str, Any]) -> None:
         for callback in list(self._subscribers):

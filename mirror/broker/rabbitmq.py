@@ -15,6 +15,12 @@ Publishing and consuming use separate robust connections: a consumer that the br
 (resource alarm) or a slow ack path does not stall follow-up publishes, and vice versa.
 Attempts are counted in our own ``x-mirror-attempts`` header: RabbitMQ 4 ignores a
 client-republished ``x-death``.
+
+Given ``BatchLimits``, small files and folders are packed several to a message and file events
+sent together (``mirror.broker.batching``); every job of a message is still delivered, acked,
+retried, parked and reported on its own, and the message is acked once all of them are
+settled. A crash before that redelivers the whole message: the jobs already done are redone
+cheaply (skipped as current, listed again), at least once as for any message.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -38,7 +44,24 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from mirror.broker import ControlCallback, Handler, ParkedJob, QueueDepth, Topology
+from mirror.broker import (
+    Carriage,
+    ControlCallback,
+    Handler,
+    ParkedJob,
+    QueueDepth,
+    Topology,
+)
+from mirror.broker.batching import (
+    COALESCED_EVENTS,
+    BatchLimits,
+    EventOutbox,
+    FileOutbox,
+    decode_message,
+    encode_message,
+    in_jobs,
+    split,
+)
 from mirror.errors import BrokerError, BrokerUnavailable, ConfigError, ProtocolError
 from mirror.events import events_exchange
 from mirror.jobs import Job, JobSpec, Reason, decode_job, encode_job
@@ -84,60 +107,86 @@ def _control_exchange(job: str) -> str:
     return f"{job}.control"
 
 
+class _Message:
+    """One AMQP message and the jobs it carried: acked once every one of them is settled
+    (acked, in a retry tier, parked), given back whole (nack, requeue) when any was."""
+
+    def __init__(self, message: AbstractIncomingMessage, queue: str, jobs: int) -> None:
+        self._message = message
+        self._left = jobs
+        self._give_back = False
+        self.queue = queue
+        self.attempts = _attempts_of(message)
+        self.redelivered = bool(message.redelivered)
+
+    async def settled(self, give_back: bool) -> None:
+        self._left -= 1
+        self._give_back = self._give_back or give_back
+        if self._left:
+            return
+        how = "nack" if self._give_back else "ack"
+        try:
+            if self._give_back:
+                await self._message.nack(requeue=True)
+            else:
+                await self._message.ack()
+        except (aio_pika.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPError,
+                ConnectionError, RuntimeError) as exc:
+            # The channel this message came on is gone (reconnect, consumer timeout): the
+            # broker has requeued it and will deliver it again; the handler's skip check
+            # makes that redelivery cheap.
+            log.warning("could not %s a message on %s (%s); the broker redelivers it", how,
+                        self.queue, type(exc).__name__)
+
+
 class _Delivery:
-    def __init__(self, broker: RabbitBroker, queue: str, message: AbstractIncomingMessage,
-                 job: Job) -> None:
+    """One job of a message."""
+
+    def __init__(self, broker: RabbitBroker, message: _Message, job: Job) -> None:
         self._broker = broker
         self._message = message
         self._settled = False
         self.job = job
-        self.queue = queue
-        self.attempts = _attempts_of(message)
-        self.redelivered = bool(message.redelivered)
+        self.queue = message.queue
+        self.attempts = message.attempts
+        self.redelivered = message.redelivered
 
     @property
     def settled(self) -> bool:
         return self._settled
 
-    async def _settle(self, how: str) -> None:
-        """Send the ack/nack; a dead channel means the broker has requeued it already."""
+    async def _done(self, give_back: bool) -> None:
         self._settled = True
+        await self._message.settled(give_back)
+
+    async def _moved(self, move: Awaitable[None]) -> None:
+        """Settled once ``move`` (a publish to a retry tier or the parked queue) is durable:
+        a crash in between duplicates the job, never loses it. If it fails the job is given
+        back with its message."""
         try:
-            if how == "ack":
-                await self._message.ack()
-            else:
-                await self._message.nack(requeue=True)
-        except (aio_pika.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPError,
-                ConnectionError, RuntimeError) as exc:
-            # The channel this delivery came on is gone (reconnect, consumer timeout): the
-            # broker has requeued the message and will deliver it again; the handler's
-            # skip check makes that redelivery cheap.
-            log.warning("could not %s %s on %s (%s); the broker redelivers it", how,
-                        self.job.path or "/", self.queue, type(exc).__name__)
+            await move
+        except BaseException:
+            await self._done(True)
+            raise
+        await self._done(False)
 
     async def ack(self) -> None:
         if not self._settled:
-            await self._settle("ack")
+            await self._done(False)
 
     async def retry(self, delay_s: float) -> None:
-        if self._settled:
-            return
-        topology = self._broker.topology
-        # Durable in the retry tier before the original is acked: a crash in between
-        # duplicates the job, never loses it.
-        await self._broker.publish_to_tier(self.job, topology.tier_for(delay_s), self.queue,
-                                           self.attempts + 1)
-        await self._settle("ack")
+        if not self._settled:
+            tier = self._broker.topology.tier_for(delay_s)
+            await self._moved(self._broker.publish_to_tier(self.job, tier, self.queue,
+                                                           self.attempts + 1))
 
     async def park(self, reason: Reason) -> None:
-        if self._settled:
-            return
-        await self._broker.park_from(self.job, self.queue, reason)
-        await self._settle("ack")
+        if not self._settled:
+            await self._moved(self._broker.park_from(self.job, self.queue, reason))
 
     async def release(self) -> None:
         if not self._settled:
-            await self._settle("nack")
+            await self._done(True)
 
 
 def _attempts_of(message: AbstractIncomingMessage) -> int:
@@ -169,7 +218,8 @@ class _Consumer:
 
 class RabbitBroker:
     def __init__(self, url: str, job: str, publisher: AbstractRobustConnection,
-                 consumer: AbstractRobustConnection, window: int) -> None:
+                 consumer: AbstractRobustConnection, window: int,
+                 batching: BatchLimits | None = None) -> None:
         self.name = public_name(url)
         self.job = job
         self._pub_conn = publisher
@@ -181,10 +231,17 @@ class RabbitBroker:
         self._channels: list[AbstractChannel] = []  # strong refs: robust restore needs them
         self._tasks: set[asyncio.Task[Any]] = set()
         self._events_declared = False
+        self._batching = batching
+        self._files: FileOutbox | None = None  # made with the topology
+        self._events = (EventOutbox(batching, self._send_event)
+                        if batching is not None and batching.packs_files else None)
+        self._carried = Carriage()
 
     @classmethod
     async def connect(cls, url: str, job: str, *, connection_name: str = "bucket-mirror",
-                      window: int = 256) -> RabbitBroker:
+                      window: int = 256, batching: BatchLimits | None = None) -> RabbitBroker:
+        """``batching``: pack jobs several to a message when publishing (None: one each).
+        Packed messages are unpacked on consume either way."""
         name = public_name(url)
         conns: list[AbstractRobustConnection] = []
         try:
@@ -205,7 +262,7 @@ class RabbitBroker:
                 f"cannot reach RabbitMQ at {name} ({_short(exc)}); check that the broker is "
                 "running and that --broker / MIRROR_BROKER_URL points at it"
             ) from exc
-        return cls(url, job, conns[0], conns[1], window)
+        return cls(url, job, conns[0], conns[1], window, batching)
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -367,10 +424,35 @@ class RabbitBroker:
 
     async def publish(self, jobs: Sequence[Job]) -> None:
         topology = self.topology
-        await asyncio.gather(*(
-            self._publish_raw("", topology.queue_for(job), encode_job(job), {})
-            for job in jobs
-        ))
+        files, messages = split(jobs, self._batching)
+        sent = [self._send_message(topology.queue_for(m[0]), m) for m in messages]
+        if files:
+            sent.append(self._file_outbox(topology).send(files))
+        results = await asyncio.gather(*sent, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    def _file_outbox(self, topology: Topology) -> FileOutbox:
+        if self._files is None:
+            assert self._batching is not None  # only a batching broker has small files apart
+            self._files = FileOutbox(topology, self._batching, self._send_message)
+        return self._files
+
+    async def _send_message(self, queue: str, jobs: list[Job]) -> None:
+        await self._publish_raw("", queue, encode_message(jobs), {})
+        self._count(queue, len(jobs))
+
+    def _count(self, queue: str, jobs: int) -> None:
+        if queue != self.topology.list_queue:
+            self._carried = self._carried + Carriage(jobs, 1)
+
+    def carriage(self) -> Carriage:
+        return self._carried
+
+    def in_jobs(self, depths: Mapping[str, QueueDepth],
+                reported: Carriage | None = None) -> dict[str, QueueDepth]:
+        return in_jobs(depths, self.topology, self._carried + (reported or Carriage()))
 
     async def publish_to_tier(self, job: Job, tier: int, queue: str, attempts: int) -> None:
         await self._publish_raw(self.topology.retry_queue(tier), queue, encode_job(job),
@@ -385,11 +467,6 @@ class RabbitBroker:
 
     async def park(self, job: Job, reason: Reason) -> None:
         await self.park_from(job, self.topology.queue_for(job), reason)
-
-    async def retry_later(self, job: Job, attempts: int, delay_s: float) -> None:
-        topology = self.topology
-        await self.publish_to_tier(job, topology.tier_for(delay_s), topology.queue_for(job),
-                                   attempts)
 
     async def _park_raw(self, body: bytes, queue: str, reason: Reason) -> None:
         await self._publish_raw("", self.topology.parked_queue, body, {
@@ -432,7 +509,7 @@ class RabbitBroker:
     async def _handle(self, queue: str, message: AbstractIncomingMessage,
                       handler: Handler) -> None:
         try:
-            job = decode_job(message.body)
+            jobs = decode_message(message.body)
         except ProtocolError as exc:
             log.error("undecodable message on %s parked: %s", queue, exc.message)
             try:
@@ -441,18 +518,27 @@ class RabbitBroker:
             except (BrokerError, *_RECOVERABLE):
                 log.warning("could not park an undecodable message; it stays queued")
             return
-        delivery = _Delivery(self, queue, message, job)
+        carrier = _Message(message, queue, len(jobs))
+        self._count(queue, len(jobs))
+        if len(jobs) == 1:
+            await self._deliver(handler, _Delivery(self, carrier, jobs[0]))
+        else:  # as if each job had come in a message of its own
+            await asyncio.gather(*(self._deliver(handler, _Delivery(self, carrier, job))
+                                   for job in jobs))
+
+    @staticmethod
+    async def _deliver(handler: Handler, delivery: _Delivery) -> None:
         try:
             await handler(delivery)
         except asyncio.CancelledError:
             await delivery.release()
             raise
         except Exception:
-            log.exception("handler failed on %s; job returned to its queue", job)
+            log.exception("handler failed on %s; job returned to its queue", delivery.job)
             await delivery.release()
         else:
             if not delivery.settled:
-                log.error("handler left %s unsettled; returned to its queue", job)
+                log.error("handler left %s unsettled; returned to its queue", delivery.job)
                 await delivery.release()
 
     # -- inspection --------------------------------------------------------------------
@@ -492,7 +578,7 @@ class RabbitBroker:
                     out[name] = depth
         except _RECOVERABLE as exc:
             raise BrokerError(f"cannot read queue depths on {self.name}: {_short(exc)}") from exc
-        return out
+        return self.in_jobs(out)
 
     async def parked_jobs(self, limit: int = 10_000) -> list[ParkedJob]:
         """Read (and leave in place) up to ``limit`` parked jobs."""
@@ -594,6 +680,12 @@ class RabbitBroker:
     # -- events ------------------------------------------------------------------------
 
     async def publish_event(self, event: dict[str, Any]) -> None:
+        if self._events is not None and event.get("event") in COALESCED_EVENTS:
+            await self._events.send(event)  # shared with files settled at about this time
+        else:
+            await self._send_event(event)
+
+    async def _send_event(self, event: dict[str, Any]) -> None:
         if not self._events_declared:
             # Jobs seeded by an older version have no events exchange yet.
             await self._patiently("creating the events exchange", self._declare_events)

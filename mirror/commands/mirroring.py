@@ -127,7 +127,7 @@ def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path | None,
                                "SHARDS=PATH")
 
     async def go() -> runner.Outcome:
-        b = await runner.connect_broker(broker, runner.check_job_name(job_name), role)
+        b = await runner.connect_broker(broker, runner.check_job_name(job_name), role, settings)
         pool = disk_pool(settings.most_transfers)
         try:
             spec = await b.attach()

@@ -154,9 +154,9 @@ def worker_options(f: F) -> F:
                      "many files."),
         click.option("--batch-files", type=click.IntRange(1, 1000), default=32,
                      envvar="MIRROR_BATCH_FILES", show_default=True, metavar="N",
-                     help="The lister sends small files (up to 1 MiB) of a folder N to a "
-                     "message; each file is still retried or parked on its own. 1: one "
-                     "message per file."),
+                     help="Over RabbitMQ, small files (up to 1 MiB) travel N to a message; "
+                     "each file is still retried or parked on its own. 1: one message per "
+                     "file. The embedded broker sends one message per job."),
         click.option("--min-rate", type=SIZE, default="1K", envvar="MIRROR_MIN_RATE",
                      show_default=True, metavar="RATE",
                      help="A transfer slower than this (bytes/s, e.g. 10K) for a whole "
