@@ -1,5 +1,5 @@
 """What the UpYun and HTTP-index sources send and how they read the answers, without sockets:
-each source runs over ``MockTransport`` (mirror/sources/transport.py), which records every
+each source runs over ``MockTransport`` (mirror/testing/mock_transport.py), which records every
 request and answers from a function. End-to-end behaviour stays with the fake servers."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from mirror.errors import CredentialsRejected, NotFound, RateLimited, SourceUnav
 from mirror.ratelimit import Limiter, RateSettings
 from mirror.settings import SourceSettings
 from mirror.sources.httpindex import HttpIndexSource
-from mirror.sources.transport import MockResponse, MockTransport, Request, Transport
+from mirror.sources.transport import Request, Transport
 from mirror.sources.upyun import LIST_END, UpyunSource, sign
+from mirror.testing.mock_transport import MockResponse, MockTransport
 
 SETTINGS = SourceSettings(endpoint="http://upyun.test", list_limit=2, request_retries=0)
 

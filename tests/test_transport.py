@@ -19,14 +19,8 @@ from aiohttp import web
 from mirror.ratecontrol import Pushback
 from mirror.ratelimit import Budget, Limiter, RateSettings
 from mirror.settings import SourceSettings
-from mirror.sources.transport import (
-    HttpBody,
-    MockResponse,
-    MockTransport,
-    Request,
-    Transport,
-    direct_copy,
-)
+from mirror.sources.transport import HttpBody, Request, Transport, direct_copy
+from mirror.testing.mock_transport import MockResponse, MockTransport
 from tests.test_httpindex import serving
 
 BODY = os.urandom(600_000)

@@ -9,8 +9,9 @@ read from a ``Reply`` is charged to the bandwidth bucket (``--bwlimit``). A sour
 any of this would have to go around the transport, and it has no other way out.
 
 Under the transport is a ``Wire``: the lean HTTP/1.1 client on real sockets
-(``mirror.sources.lean``), or ``MockTransport`` in unit tests (as httpx's), which answers
-from a function without sockets and still goes through the same pacing and metering.
+(``mirror.sources.lean``), or ``mirror.testing.mock_transport.MockTransport`` in unit tests
+(as httpx's), which answers from a function without sockets and still goes through the same
+pacing and metering.
 
 The socket-to-file splice (``mirror.sources.direct``) is the transport's way of writing a
 large body to a file: ``direct_copy(body)`` offers it for a body the transport carried, where
@@ -19,10 +20,9 @@ the line allows it and no bandwidth limit must see the bytes.
 
 from __future__ import annotations
 
-import inspect
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -260,69 +260,5 @@ def pushback_of(status: int, headers: Mapping[str, str]) -> Pushback:
     return "rate"
 
 
-# -- the fake wire for unit tests ---------------------------------------------------------
-
-
-@dataclass
-class MockResponse:
-    """A canned answer for ``MockTransport``. ``url`` defaults to the request's."""
-
-    status: int = 200
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    reason: str = "OK"
-    url: str | None = None
-
-
-Handler = Callable[[Request], MockResponse | Awaitable[MockResponse]]
-
-
-class MockTransport:
-    """A wire that answers every request from ``handler`` without sockets (httpx's
-    MockTransport): unit tests of a source's request building and answer parsing.
-    ``Transport(settings, limiter, MockTransport(handler))`` keeps pacing and metering."""
-
-    def __init__(self, handler: Handler) -> None:
-        self._handler = handler
-        self.requests: list[Request] = []  # as sent, for the test to look at
-
-    async def send(self, request: Request) -> WireResponse:
-        self.requests.append(request)
-        answer = self._handler(request)
-        if inspect.isawaitable(answer):
-            answer = await answer
-        return _MockReply(answer, request)
-
-    async def close(self) -> None:
-        pass
-
-
-class _MockReply:
-    def __init__(self, answer: MockResponse, request: Request) -> None:
-        from multidict import CIMultiDict
-
-        self.status = answer.status
-        self.reason = answer.reason
-        self.url = answer.url or request.url
-        self.headers: Mapping[str, str] = CIMultiDict(answer.headers)
-        length = self.headers.get("Content-Length")
-        self.content_length: int | None = int(length) if length else len(answer.body)
-        # A HEAD's answer has no body on the line whatever the handler gave.
-        self._body = b"" if request.method == "HEAD" else answer.body
-
-    async def readany(self) -> bytes:
-        body, self._body = self._body, b""
-        return body
-
-    def direct(self, timeout_s: float, what: str) -> DirectBody | None:
-        return None
-
-    def release(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-__all__ = ["USER_AGENT", "HttpBody", "MockResponse", "MockTransport", "Reply", "Request",
-           "Transport", "Wire", "content_range", "direct_copy", "pushback_of", "retry_after_s"]
+__all__ = ["USER_AGENT", "HttpBody", "Reply", "Request", "Transport", "Wire", "WireResponse",
+           "content_range", "direct_copy", "pushback_of", "retry_after_s"]
