@@ -31,6 +31,7 @@ from mirror.ratelimit import Limiter
 from mirror.settings import WorkerSettings
 from mirror.sources import Body, Source
 from mirror.sources.direct import DirectBody
+from mirror.sources.transport import direct_copy
 from mirror.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,7 @@ async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: C
         ctx.stats.transferred += len(data)
         await disk.commit(part, job.size, job.mtime, md5, data, track, waiting=hand_back)
         return
-    direct = body.direct()
+    direct = direct_copy(body)  # a socket-to-file copy where the transport offers one
     if direct is not None:
         await _receive_direct(job, direct, part, disk, ctx, track, md5)
         return

@@ -22,6 +22,7 @@ from mirror.ratelimit import Limiter, RateSettings
 from mirror.settings import SourceSettings
 from mirror.sources import open_source
 from mirror.sources.direct import DirectBody
+from mirror.sources.transport import direct_copy
 from mirror.testing.nginx import Nginx
 from tests.test_cli import mirror_cmd
 from tests.test_httpindex import nginx_available, serving  # noqa: F401  (fixture)
@@ -63,7 +64,7 @@ async def test_large_body_from_nginx_arrives_whole(tmp_path: Path, md5: bool) ->
         source = open_source(nginx.url, SourceSettings())
         try:
             async with source.open("big.bin") as body:
-                direct = body.direct()
+                direct = direct_copy(body)
                 assert direct is not None, "plain HTTP with a length goes direct"
                 seen: list[int] = []
                 part = disk.begin("big.bin", SIZE, None, 1.0)
@@ -107,7 +108,7 @@ async def test_cut_short_body_keeps_what_arrived_and_the_run_resumes(tmp_path: P
         source = open_source(f"http://127.0.0.1:{port}/", SourceSettings())
         try:
             async with source.open("big.bin") as body:
-                direct = body.direct()
+                direct = direct_copy(body)
                 assert direct is not None
                 error, held = await _copy(direct, disk, "big.bin", SIZE, False, [])
         finally:
@@ -145,7 +146,7 @@ async def test_stalled_body_times_out_and_a_cancel_stops_the_copy(tmp_path: Path
         source = open_source(f"http://127.0.0.1:{port}/", SourceSettings(read_timeout_s=1.0))
         try:
             async with source.open("a.bin") as body:
-                direct = body.direct()
+                direct = direct_copy(body)
                 assert direct is not None
                 started = time.monotonic()
                 error, held = await _copy(direct, disk, "a.bin", SIZE, False, [])
@@ -154,7 +155,7 @@ async def test_stalled_body_times_out_and_a_cancel_stops_the_copy(tmp_path: Path
                 assert held == SIZE // 4
 
             async with source.open("b.bin") as body:
-                direct = body.direct()
+                direct = direct_copy(body)
                 assert direct is not None
                 asyncio.get_running_loop().call_later(0.3, direct.cancel)
                 started = time.monotonic()
@@ -174,7 +175,7 @@ async def test_a_bandwidth_limit_keeps_the_body_on_the_loop(tmp_path: Path) -> N
         source = open_source(nginx.url, SourceSettings(), limiter)
         try:
             async with source.open("big.bin") as body:
-                assert body.direct() is None
+                assert direct_copy(body) is None
                 data = b"".join([c async for c in body.chunks(1 << 20)])
         finally:
             await source.close()

@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mirror"
 
 # The source registry is reworked apart from this change (sources/__init__ imports its
 # backends in ``open_source``, they import its Entry and Page): it leaves this list then.
-KNOWN_CIRCLES = [{"mirror.sources", "mirror.sources.httpindex", "mirror.sources.upyun"}]
+KNOWN_CIRCLES = [{"mirror.sources", "mirror.sources.httpindex", "mirror.sources.upyun",
+                  "mirror.sources.httpclient", "mirror.sources.transport"}]
 
 
 def modules() -> dict[str, Path]:

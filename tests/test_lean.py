@@ -96,6 +96,35 @@ async def test_keeps_connections_alive_and_reads_bodies_whole() -> None:
     assert len(peers) == 1  # 22 requests, one connection
 
 
+async def test_head_answers_end_at_their_headers_and_the_connection_is_reused() -> None:
+    """A HEAD's Content-Length announces no body: the answer is complete at its headers, and
+    the next request on the same connection is parsed afresh."""
+    requests: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            requests.append(await read_request(reader))
+            if requests[-1].startswith(b"HEAD "):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n"
+                             b"Last-Modified: Fri, 20 Nov 2026 10:00:00 GMT\r\n\r\n")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with raw_server(script) as (port, accepted), lean() as c:
+        url = f"http://127.0.0.1:{port}/f"
+        for _ in range(3):
+            resp = await c.request("HEAD", url, {}, "stat f")
+            assert (resp.status, resp.content_length, resp.complete) == (200, 12345, True)
+            assert await resp.read() == b""
+            resp.release()
+            assert await get_body(c, url) == (200, b"ok")
+        with pytest.raises(ProtocolError, match="GET and HEAD only"):
+            await c.request("PUT", url, {}, "put f")
+    assert len(accepted) == 1
+    assert [r.split(b" ", 1)[0] for r in requests] == [b"HEAD", b"GET"] * 3
+
+
 async def test_a_keep_alive_ended_by_the_server_is_replaced_without_an_error() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)

@@ -14,7 +14,6 @@ from typing import Protocol
 from mirror.errors import ConfigError
 from mirror.ratelimit import Limiter
 from mirror.settings import SourceSettings
-from mirror.sources.direct import DirectBody
 
 
 @dataclass(frozen=True)
@@ -37,10 +36,12 @@ class Page:
 
 
 class Body(Protocol):
-    """An open download.
+    """An open download: a plain stream of bytes.
 
     ``offset`` is where these bytes start in the file: the requested offset when the source
-    honoured the range, 0 when it sent the whole file instead.
+    honoured the range, 0 when it sent the whole file instead. (A body carried by
+    ``mirror.sources.transport`` can also be copied from its socket to the file in a disk
+    thread: ``transport.direct_copy``; that is the transport's business, not the source's.)
     """
 
     offset: int
@@ -53,11 +54,6 @@ class Body(Protocol):
         ...
 
     async def read_all(self) -> bytes: ...
-
-    def direct(self) -> DirectBody | None:
-        """The rest of the body to be copied from its socket in a thread, or None when it
-        must come through ``chunks``."""
-        ...
 
 
 class Source(Protocol):

@@ -17,7 +17,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from email.message import Message
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from mirror.errors import (
@@ -33,20 +33,12 @@ from mirror.ratelimit import Budget, Limiter
 from mirror.settings import SourceSettings
 from mirror.sources import Entry, Page
 from mirror.sources.httpclient import (
-    Answer,
-    HttpBody,
-    HttpSessionOwner,
-    encoded_url,
-    metered,
-    retry_after_s,
+    HttpSource,
     status_detail,
     transient_for_status,
     with_retries,
 )
-from mirror.sources.lean import Response
-
-if TYPE_CHECKING:  # imported where used: fetch processes never need aiohttp
-    import aiohttp
+from mirror.sources.transport import HttpBody, Reply, Request, Transport, retry_after_s
 
 MAX_INDEX_BYTES = 256 * 1024 * 1024  # a folder of a few million entries; more is an error
 HEAD_CONCURRENCY = 16
@@ -190,9 +182,9 @@ def parse_html_index(raw: bytes, path: str, folder_url: str,
     return out
 
 
-class HttpIndexSource(HttpSessionOwner):
+class HttpIndexSource(HttpSource):
     def __init__(self, url: str, settings: SourceSettings,
-                 limiter: Limiter | None = None) -> None:
+                 limiter: Limiter | None = None, *, transport: Transport | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"{url!r} is not an http(s) URL of a folder")
@@ -200,7 +192,7 @@ class HttpIndexSource(HttpSessionOwner):
             raise ConfigError(f"{url!r}: a folder URL takes no query or fragment")
         self._root = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/"
         self.name = self._root
-        super().__init__(settings, limiter)
+        super().__init__(settings, limiter, transport)
 
     @classmethod
     def from_url(cls, url: str, settings: SourceSettings,
@@ -211,27 +203,16 @@ class HttpIndexSource(HttpSessionOwner):
         quoted = quote(path, safe="/~") if path else ""
         return self._root + quoted + ("/" if folder and path else "")
 
-    async def _attempt(self, method: str, url: str, what: str,
-                       headers: Mapping[str, str] = {},
-                       budget: Budget = "fetch") -> aiohttp.ClientResponse:
-        resp = await metered(self._limiter, budget, lambda: self._http().request(
-            method, encoded_url(url), headers=dict(headers), allow_redirects=True,
-            max_redirects=5))
-        if resp.status < 300:
-            return resp
-        resp.release()
-        raise self._fail(resp, what)
+    async def _send(self, method: str, url: str, what: str,
+                    headers: Mapping[str, str] = {}, budget: Budget = "fetch") -> Reply:
+        """One try; returns an open, successful answer (after redirects)."""
+        reply = await self._transport.send(Request(method, url, what, headers, budget))
+        if reply.status < 300:
+            return reply
+        reply.release()  # reused only when the error page was read to its end
+        raise self._fail(reply, what)
 
-    async def _get(self, url: str, what: str, headers: Mapping[str, str],
-                   budget: Budget = "fetch") -> Response:
-        resp = await metered(self._limiter, budget,
-                             lambda: self._lean().get(url, headers, what))
-        if resp.status < 300:
-            return resp
-        resp.close()
-        raise self._fail(resp, what)
-
-    def _fail(self, resp: Answer, what: str) -> MirrorError:
+    def _fail(self, resp: Reply, what: str) -> MirrorError:
         detail = status_detail(resp)
         text = f"{what}: the server answered {resp.status} {resp.reason or ''}".rstrip()
         transient = transient_for_status(resp.status, text, detail,
@@ -251,9 +232,7 @@ class HttpIndexSource(HttpSessionOwner):
         what = f"list {path or '/'}"
 
         async def fetch() -> tuple[bytes, str, str | None, str]:
-            # On the lean client too: a run against nginx then never loads aiohttp (0.13 s
-            # of every start), which only HEADs need.
-            resp = await self._get(url, what, {
+            resp = await self._send("GET", url, what, {
                 "Accept": "application/json;q=1.0, text/html;q=0.9"}, "list")
             try:
                 too_big = ProtocolError(f"{what}: the index page is over "
@@ -302,9 +281,9 @@ class HttpIndexSource(HttpSessionOwner):
         what = f"stat {path}"
 
         async def head() -> Entry:
-            resp = await self._attempt("HEAD", url, what)
+            resp = await self._send("HEAD", url, what)
             try:
-                if str(resp.url).endswith("/"):
+                if resp.url.endswith("/"):
                     return Entry(path, True)  # redirected to the folder
                 size = resp.content_length
                 if size is None:
@@ -321,7 +300,7 @@ class HttpIndexSource(HttpSessionOwner):
         url, what = self._url(""), "open the folder's index"
 
         async def probe(at: str) -> Entry:
-            resp = await self._get(at, what, {}, "list")
+            resp = await self._send("GET", at, what, {}, "list")
             resp.close()  # the first listing reads it
             return Entry("", at.endswith("/"))
 
@@ -342,11 +321,10 @@ class HttpIndexSource(HttpSessionOwner):
         url = self._url(path)
         what = f"GET {path}"
         headers = {"Range": f"bytes={offset}-"} if offset > 0 else {}
-        resp = await with_retries(self._settings, what,
-                                  lambda: self._get(url, what, headers))
+        resp = await with_retries(self._settings, what, lambda: self._send("GET", url, what,
+                                                                          headers))
         try:
-            yield HttpBody.of(resp, what, None, self._limiter,
-                              self._settings)
+            yield HttpBody.of(resp, None)
         finally:
             resp.release()
 

@@ -1,12 +1,13 @@
-"""File GETs over kept-alive HTTP/1.1 connections, without aiohttp's per-request machinery.
+"""GET and HEAD over kept-alive HTTP/1.1 connections, without aiohttp's per-request machinery.
 
 A profile of 20,000 small files put aiohttp's request path (session, request and response
 objects, writer, timers, URL objects) at about 67 us of CPU a request, the largest single part
 of a fetch process; a bare protocol around the llhttp parser (httptools) does the same work in
-about 11 us. This client does only what fetching a file needs: GET with a few headers, reuse
+about 11 us. This client does only what a source needs: GET and HEAD with a few headers, reuse
 of idle connections (and one quick retry when a reused one turns out closed), redirects,
 connect and read timeouts, flow control, and the hand-over of a body's socket to a disk thread
-(``mirror.sources.direct``). Listing, HEAD and anything else stay on aiohttp.
+(``mirror.sources.direct``). It is the line under ``mirror.sources.transport``, which paces
+and meters every request; sources never call it directly.
 
 Failures are raised as ``mirror.errors`` at once: ``SourceUnavailable`` (cannot connect, the
 server closed the connection, a body cut short, a malformed response), ``Stalled`` (no byte
@@ -202,6 +203,7 @@ class _Connection(asyncio.Protocol):
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._what = ""
+        self._head_only = False  # the request was a HEAD: the answer has no body
 
     # -- asyncio.Protocol
 
@@ -267,9 +269,15 @@ class _Connection(asyncio.Protocol):
         self._response = response
         self._keep_alive = self._parser.should_keep_alive()
         self._until_close = (response.content_length is None and status not in (204, 304)
-                             and "chunked" not in headers.get("Transfer-Encoding", "").lower())
+                             and "chunked" not in headers.get("Transfer-Encoding", "").lower()
+                             and not self._head_only)
         head = self._head
         self._head = None
+        if self._head_only:
+            # httptools cannot be told that a HEAD's Content-Length announces no body: the
+            # answer ends here, and the next request gets a fresh parser.
+            self._stop_timer()
+            response._finish()
         if head is not None and not head.done():
             head.set_result(response)
 
@@ -288,8 +296,12 @@ class _Connection(asyncio.Protocol):
 
     # -- used by the client and the response
 
-    async def request(self, url: str, data: bytes, what: str, timeout_s: float) -> Response:
+    async def request(self, url: str, data: bytes, what: str, timeout_s: float,
+                      head_only: bool) -> Response:
         assert self.transport is not None
+        if self._head_only:  # the last parser still waits for the HEAD's "body"
+            self._parser = httptools.HttpResponseParser(self)
+        self._head_only = head_only
         self._busy, self._got, self._url, self._what = True, False, url, what
         self._reason, self._headers, self._response = [], [], None
         head: asyncio.Future[Response] = self._loop.create_future()
@@ -398,10 +410,18 @@ class LeanClient:
     async def get(self, url: str, headers: Mapping[str, str], what: str, *,
                   follow_redirects: bool = True) -> Response:
         """The response to ``GET url`` (any status); the caller must ``release()`` it."""
+        return await self.request("GET", url, headers, what, follow_redirects=follow_redirects)
+
+    async def request(self, method: str, url: str, headers: Mapping[str, str], what: str, *,
+                      follow_redirects: bool = True) -> Response:
+        """The response to ``method url`` (GET or HEAD, any status); the caller must
+        ``release()`` it. A redirect keeps the method (a GET's or HEAD's 303 too)."""
+        if method not in ("GET", "HEAD"):
+            raise ProtocolError(f"{what}: the lean client sends GET and HEAD only, not {method}")
         extra = _header_lines(headers)
         for _ in range(MAX_REDIRECTS + 1):
             origin, target = split_url(url)
-            response = await self._send(origin, url, target, extra, what)
+            response = await self._send(method, origin, url, target, extra, what)
             location = response.headers.get("Location")
             if not follow_redirects or response.status not in _REDIRECTS or not location:
                 return response
@@ -409,24 +429,26 @@ class LeanClient:
             url = urljoin(url, location)
         raise ProtocolError(f"{what}: more than {MAX_REDIRECTS} redirects")
 
-    async def _send(self, origin: Origin, url: str, target: str, extra: bytes,
+    async def _send(self, method: str, origin: Origin, url: str, target: str, extra: bytes,
                     what: str) -> Response:
         prefix = self._prefix.get(origin)
         if prefix is None:
             prefix = self._prefix[origin] = (
                 f"Host: {origin.host_header()}\r\nUser-Agent: {self._user_agent}\r\n"
                 "Accept-Encoding: identity\r\n").encode("latin-1")
-        data = b"GET %s HTTP/1.1\r\n%s%s\r\n" % (target.encode("ascii"), prefix, extra)
+        data = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method.encode("ascii"), target.encode("ascii"),
+                                                prefix, extra)
         await self._slots.acquire()  # given back by the response's release (or below)
         try:
             resend = True
             while True:
                 conn = self._take_idle(origin) or await self._connect(origin, what)
                 try:
-                    return await conn.request(url, data, what, self._read_timeout_s)
+                    return await conn.request(url, data, what, self._read_timeout_s,
+                                              method == "HEAD")
                 except _Closed:
                     # Hung up before answering: on a reused connection that is the ordinary
-                    # end of its keep-alive; otherwise the GET (idempotent) is sent once more
+                    # end of its keep-alive; otherwise the request (idempotent) is sent once more
                     # at once, as RFC 9112 9.3.1 allows and aiohttp does.
                     if conn.got_bytes or not (conn.reused or resend):
                         raise

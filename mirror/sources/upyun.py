@@ -16,7 +16,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from mirror.errors import (
@@ -32,20 +32,12 @@ from mirror.ratelimit import Budget, Limiter
 from mirror.settings import DEFAULT_UPYUN_ENDPOINT, SourceSettings
 from mirror.sources import Entry, Page
 from mirror.sources.httpclient import (
-    Answer,
-    HttpBody,
-    HttpSessionOwner,
-    encoded_url,
-    metered,
-    retry_after_s,
+    HttpSource,
     status_detail,
     transient_for_status,
     with_retries,
 )
-from mirror.sources.lean import Response
-
-if TYPE_CHECKING:  # imported where used: fetch processes never need aiohttp
-    import aiohttp
+from mirror.sources.transport import HttpBody, Reply, Request, Transport, retry_after_s
 
 LIST_END = "g2gCZAAEbmV4dGQAA2VvZg"  # base64 of the Erlang term {next, eof}
 MAX_LIST_LIMIT = 10000
@@ -66,9 +58,10 @@ def quote_key(bucket: str, key: str) -> str:
     return quote(f"/{bucket}/{key}", safe="/~")
 
 
-class UpyunSource(HttpSessionOwner):
+class UpyunSource(HttpSource):
     def __init__(self, bucket: str, prefix: str, operator: str, password: str,
-                 settings: SourceSettings, limiter: Limiter | None = None) -> None:
+                 settings: SourceSettings, limiter: Limiter | None = None, *,
+                 transport: Transport | None = None) -> None:
         endpoint = (settings.endpoint or DEFAULT_UPYUN_ENDPOINT).rstrip("/")
         if urlsplit(endpoint).scheme not in ("http", "https"):
             raise ConfigError(f"--endpoint must be an http(s) URL, got {endpoint!r}")
@@ -80,7 +73,7 @@ class UpyunSource(HttpSessionOwner):
         self._operator = operator
         self._password_md5 = hashlib.md5(password.encode()).hexdigest()
         self._endpoint = endpoint
-        super().__init__(settings, limiter)
+        super().__init__(settings, limiter, transport)
 
     @classmethod
     def from_url(cls, url: str, settings: SourceSettings,
@@ -106,7 +99,7 @@ class UpyunSource(HttpSessionOwner):
         auth = sign(self._operator, self._password_md5, method, uri, date)
         return {"Date": date, "Authorization": auth, **extra}
 
-    def _fail(self, resp: Answer, what: str, raw: bytes) -> MirrorError:
+    def _fail(self, resp: Reply, what: str, raw: bytes) -> MirrorError:
         """Translate an error response (with the start of its envelope) into our tree."""
         code = resp.headers.get("X-Error-Code")
         msg = resp.reason or ""
@@ -138,35 +131,21 @@ class UpyunSource(HttpSessionOwner):
             return AccessDenied(f"{what}: UpYun refused access: {msg}", detail)
         return PermanentError(text, detail)
 
-    async def _attempt(self, method: str, uri: str, what: str,
-                       extra: Mapping[str, str] = {},
-                       budget: Budget = "fetch") -> aiohttp.ClientResponse:
-        """One signed try (a fresh Date each time); returns an open, successful response."""
-        resp = await metered(self._limiter, budget, lambda: self._http().request(
-            method, encoded_url(self._endpoint + uri),
-            headers=self._headers(method, uri, extra), allow_redirects=False))
-        if resp.status < 300:
-            return resp
-        try:
-            raw = b"" if method == "HEAD" else await resp.content.read(_ERROR_BODY_MAX)
-            raise self._fail(resp, what, raw)
-        finally:
-            resp.release()
-
-    async def _get_file(self, uri: str, what: str, extra: Mapping[str, str]) -> Response:
-        """One signed GET of a file's body (``mirror.sources.lean``)."""
-        resp = await metered(self._limiter, "fetch", lambda: self._lean().get(
-            self._endpoint + uri, self._headers("GET", uri, extra), what,
+    async def _send(self, method: str, uri: str, what: str, extra: Mapping[str, str] = {},
+                    budget: Budget = "fetch") -> Reply:
+        """One signed try (a fresh Date each time); returns an open, successful answer."""
+        reply = await self._transport.send(Request(
+            method, self._endpoint + uri, what, self._headers(method, uri, extra), budget,
             follow_redirects=False))
-        if resp.status < 300:
-            return resp
+        if reply.status < 300:
+            return reply
         try:
-            raw = await resp.read(_ERROR_BODY_MAX)
+            raw = b"" if method == "HEAD" else await reply.read(_ERROR_BODY_MAX)
         except MirrorError:
             raw = b""  # the status tells enough
         finally:
-            resp.close()
-        raise self._fail(resp, what, raw)
+            reply.release()  # reused only when the envelope was read to its end
+        raise self._fail(reply, what, raw)
 
     async def list_page(self, path: str, cursor: str | None) -> Page:
         key = self._key(path)
@@ -181,7 +160,7 @@ class UpyunSource(HttpSessionOwner):
             extra["x-list-iter"] = cursor
 
         async def fetch() -> tuple[bytes, str | None]:
-            resp = await self._attempt("GET", uri, what, extra, "list")
+            resp = await self._send("GET", uri, what, extra, "list")
             try:
                 return await resp.read(), resp.headers.get("x-upyun-list-iter")
             finally:
@@ -195,7 +174,7 @@ class UpyunSource(HttpSessionOwner):
         what = f"stat {path or '/'}"
 
         async def head() -> Entry:
-            resp = await self._attempt("HEAD", uri, what)
+            resp = await self._send("HEAD", uri, what)
             try:
                 h = resp.headers
                 is_dir = h.get("x-upyun-file-type", "file") == "folder"
@@ -216,12 +195,9 @@ class UpyunSource(HttpSessionOwner):
         extra = {"x-upyun-folder": "false"}
         if offset > 0:
             extra["Range"] = f"bytes={offset}-"
-        resp = await with_retries(
-            self._settings, what, lambda: self._get_file(uri, what, extra)
-        )
+        resp = await with_retries(self._settings, what, lambda: self._send("GET", uri, what, extra))
         try:
-            yield HttpBody.of(resp, what, _md5_of(resp.headers), self._limiter,
-                              self._settings)
+            yield HttpBody.of(resp, _md5_of(resp.headers))
         finally:
             resp.release()
 
