@@ -205,6 +205,46 @@ async def test_a_message_is_acked_only_once_all_its_jobs_are_settled(
         await second.close()
 
 
+async def test_prefetch_counts_jobs_not_messages(rabbit_url: str, job_name: str) -> None:
+    """A worker that asks for 40 jobs holds a few messages of 32 files, not 40 of them: the
+    rest stays within reach of the other workers."""
+    first = await RabbitBroker.connect(rabbit_url, job_name, batching=BatchLimits())
+    second = await RabbitBroker.connect(rabbit_url, job_name, batching=BatchLimits())
+    try:
+        files = [FetchJob(f"d{i // 100}/f{i}", size=1) for i in range(640)]
+        t = await declared(first, job_name, list(files))
+        await wait_depth(first, t.fetch_queue(0), 20)  # 20 messages of 32 files
+        await second.attach()
+        held: list[Delivery] = []
+        other: list[Delivery] = []
+        done = asyncio.Event()
+
+        async def hold(d: Delivery) -> None:
+            held.append(d)
+            await done.wait()
+            await d.ack()
+
+        async def hold_other(d: Delivery) -> None:
+            other.append(d)
+            await done.wait()
+            await d.ack()
+
+        consumer = await first.consume(t.fetch_queue(0), 40, hold)
+        await asyncio.sleep(0.5)
+        assert 40 <= len(held) <= 3 * 32
+        rival = await second.consume(t.fetch_queue(0), 40, hold_other)
+        await asyncio.sleep(0.5)
+        assert 40 <= len(other) <= 3 * 32
+        done.set()  # from now on every job is acked as it comes
+        await wait_depth(first, t.fetch_queue(0), 0)
+        await consumer.cancel()
+        await rival.cancel()
+    finally:
+        await first.delete_job()
+        await first.close()
+        await second.close()
+
+
 async def test_an_event_that_fails_brings_its_jobs_back(rabbit_url: str,
                                                         job_name: str) -> None:
     class Refusing(RabbitBroker):

@@ -221,6 +221,60 @@ async def test_prefetch_bounds_concurrency(brokers: Factory, job_name: str) -> N
     assert 1 <= peak <= 3
 
 
+async def held_until(held: list[Delivery], n: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while len(held) < n:
+        assert time.monotonic() < deadline, f"{len(held)} deliveries held, never {n}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_new_prefetch_applies_to_the_running_consumer(brokers: Factory,
+                                                              job_name: str) -> None:
+    """The worker's prefetch follows its concurrency limit while it runs (RabbitMQ fixes a
+    consumer's prefetch when it starts: the broker must start a new one)."""
+    b = await brokers()
+    spec = spec_of(job_name)
+    await b.declare(spec)
+    t = Topology(spec)
+    await b.publish([FetchJob(f"f{i}") for i in range(20)])
+    held: list[Delivery] = []
+    gates: dict[int, asyncio.Event] = {}
+
+    async def hold(d: Delivery) -> None:  # a handler owns its delivery until it settles it
+        gate = gates[id(d)] = asyncio.Event()
+        held.append(d)
+        await gate.wait()
+        await d.ack()
+
+    async def ack(deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            gates[id(d)].set()
+
+    consumer = await b.consume(t.fetch_queue(0), 2, hold)
+    try:
+        await held_until(held, 2)
+        await asyncio.sleep(0.2)
+        assert len(held) == 2
+        await consumer.set_prefetch(6)
+        await held_until(held, 6)
+        await asyncio.sleep(0.2)
+        # Those held from before the change may come on top (RabbitMQ: they are the old
+        # consumer's), until they settle.
+        assert 6 <= len(held) <= 6 + 2
+        await consumer.set_prefetch(3)  # lower: once the held ones settle, three at most
+        acked = len(held)
+        await ack(held)
+        await held_until(held, acked + 3)
+        await asyncio.sleep(0.3)
+        assert len(held) == acked + 3
+        await consumer.set_prefetch(30)
+        await held_until(held, 20)
+        await ack(held[acked:])
+    finally:
+        await consumer.cancel()
+    await wait_depth(b, t.fetch_queue(0), 0)
+
+
 async def test_control_broadcast_reaches_subscribers(brokers: Factory, job_name: str) -> None:
     a, c = await brokers(), await brokers()
     await a.declare(spec_of(job_name))

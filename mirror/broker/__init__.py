@@ -160,7 +160,9 @@ class Consumer(Protocol):
     async def cancel(self) -> None: ...
 
     async def set_prefetch(self, prefetch: int) -> None:
-        """Hold up to ``prefetch`` unsettled deliveries from now on (the concurrency moved)."""
+        """Hold up to ``prefetch`` unsettled deliveries from now on (the concurrency moved).
+        Deliveries held from before the change may come on top until they settle, and a
+        broker that carries several jobs to a message rounds up to whole messages."""
         ...
 
 

@@ -32,7 +32,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
@@ -40,7 +39,6 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
     AbstractIncomingMessage,
-    AbstractQueue,
     AbstractRobustConnection,
 )
 
@@ -57,10 +55,25 @@ from mirror.broker.batching import (
     BatchLimits,
     EventOutbox,
     FileOutbox,
-    decode_message,
     encode_message,
     in_jobs,
     split,
+)
+from mirror.broker.rabbit_common import (
+    ATTEMPTS,
+    FROM_QUEUE,
+    QUEUE_ARGS,
+    REASON,
+    RECOVERABLE,
+    close_all,
+    public_name,
+    short,
+)
+from mirror.broker.rabbit_consumer import (
+    QueueConsumer,
+    RabbitDelivery,
+    RabbitMessage,
+    deliver_each,
 )
 from mirror.errors import BrokerError, BrokerUnavailable, ConfigError, ProtocolError
 from mirror.events import events_exchange
@@ -69,34 +82,10 @@ from mirror.jobs import Job, JobSpec, Reason, decode_job, encode_job
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ATTEMPTS = "x-mirror-attempts"
-FROM_QUEUE = "x-mirror-queue"
-REASON = "x-mirror-reason"
-QUEUE_ARGS: dict[str, Any] = {"x-queue-version": 2}
 # How long publish keeps retrying through a reconnect before it gives up with BrokerError:
 # long enough for a broker restart, short enough that a worker does not hang forever.
 PUBLISH_PATIENCE_S = 120.0
 ATTACH_PATIENCE_S = 5.0
-# Transport trouble that a reconnect can cure.
-_RECOVERABLE = (
-    aio_pika.exceptions.AMQPConnectionError,
-    aio_pika.exceptions.ChannelInvalidStateError,
-    aio_pika.exceptions.ChannelClosed,
-    aio_pika.exceptions.DeliveryError,
-    aiormq.exceptions.AMQPError,
-    ConnectionError,
-    TimeoutError,
-    RuntimeError,  # aiormq: "writer is None" while the connection is being replaced
-)
-
-
-def public_name(url: str) -> str:
-    """The broker URL without credentials, for messages and logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
-    vhost = parts.path or "/"
-    return f"rabbitmq://{host}:{port}{vhost}"
 
 
 def _meta_queue(job: str) -> str:
@@ -105,115 +94,6 @@ def _meta_queue(job: str) -> str:
 
 def _control_exchange(job: str) -> str:
     return f"{job}.control"
-
-
-class _Message:
-    """One AMQP message and the jobs it carried: acked once every one of them is settled
-    (acked, in a retry tier, parked), given back whole (nack, requeue) when any was."""
-
-    def __init__(self, message: AbstractIncomingMessage, queue: str, jobs: int) -> None:
-        self._message = message
-        self._left = jobs
-        self._give_back = False
-        self.queue = queue
-        self.attempts = _attempts_of(message)
-        self.redelivered = bool(message.redelivered)
-
-    async def settled(self, give_back: bool) -> None:
-        self._left -= 1
-        self._give_back = self._give_back or give_back
-        if self._left:
-            return
-        how = "nack" if self._give_back else "ack"
-        try:
-            if self._give_back:
-                await self._message.nack(requeue=True)
-            else:
-                await self._message.ack()
-        except (aio_pika.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPError,
-                ConnectionError, RuntimeError) as exc:
-            # The channel this message came on is gone (reconnect, consumer timeout): the
-            # broker has requeued it and will deliver it again; the handler's skip check
-            # makes that redelivery cheap.
-            log.warning("could not %s a message on %s (%s); the broker redelivers it", how,
-                        self.queue, type(exc).__name__)
-
-
-class _Delivery:
-    """One job of a message."""
-
-    def __init__(self, broker: RabbitBroker, message: _Message, job: Job) -> None:
-        self._broker = broker
-        self._message = message
-        self._settled = False
-        self.job = job
-        self.queue = message.queue
-        self.attempts = message.attempts
-        self.redelivered = message.redelivered
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
-
-    async def _done(self, give_back: bool) -> None:
-        self._settled = True
-        await self._message.settled(give_back)
-
-    async def _moved(self, move: Awaitable[None]) -> None:
-        """Settled once ``move`` (a publish to a retry tier or the parked queue) is durable:
-        a crash in between duplicates the job, never loses it. If it fails the job is given
-        back with its message."""
-        try:
-            await move
-        except BaseException:
-            await self._done(True)
-            raise
-        await self._done(False)
-
-    async def ack(self) -> None:
-        if not self._settled:
-            await self._done(False)
-
-    async def retry(self, delay_s: float) -> None:
-        if not self._settled:
-            tier = self._broker.topology.tier_for(delay_s)
-            await self._moved(self._broker.publish_to_tier(self.job, tier, self.queue,
-                                                           self.attempts + 1))
-
-    async def park(self, reason: Reason) -> None:
-        if not self._settled:
-            await self._moved(self._broker.park_from(self.job, self.queue, reason))
-
-    async def release(self) -> None:
-        if not self._settled:
-            await self._done(True)
-
-
-def _attempts_of(message: AbstractIncomingMessage) -> int:
-    value = (message.headers or {}).get(ATTEMPTS, 0)
-    return max(0, value) if isinstance(value, int) else 0
-
-
-class _Consumer:
-    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, tag: str) -> None:
-        self._channel = channel
-        self._queue = queue
-        self._tag = tag
-
-    async def cancel(self) -> None:
-        """Stop new deliveries; deliveries already handed out stay owned until settled."""
-        try:
-            await self._queue.cancel(self._tag)
-        except _RECOVERABLE as exc:
-            log.debug("cancel of consumer %s failed: %s", self._tag, exc)
-
-    async def set_prefetch(self, prefetch: int) -> None:
-        # basic.qos applies to the deliveries that follow; the robust channel keeps it for
-        # its reconnects. A broker that is away now misses this one; the next change comes.
-        try:
-            await self._channel.set_qos(prefetch_count=max(1, prefetch))
-        except _RECOVERABLE as exc:
-            log.debug("prefetch of consumer %s not changed: %s", self._tag, exc)
 
 
 class RabbitBroker:
@@ -250,16 +130,16 @@ class RabbitBroker:
                     url, client_properties={"connection_name": f"{connection_name} {job} {role}"},
                     reconnect_interval=2, timeout=15))
         except aio_pika.exceptions.ProbableAuthenticationError as exc:
-            await _close_all(conns)
+            await close_all(conns)
             raise BrokerUnavailable(
                 f"cannot reach RabbitMQ at {name}: the broker refused the login "
-                f"({_short(exc)}); check the user and password in --broker / MIRROR_BROKER_URL"
+                f"({short(exc)}); check the user and password in --broker / MIRROR_BROKER_URL"
             ) from exc
         except (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, OSError,
                 TimeoutError, ValueError) as exc:
-            await _close_all(conns)
+            await close_all(conns)
             raise BrokerUnavailable(
-                f"cannot reach RabbitMQ at {name} ({_short(exc)}); check that the broker is "
+                f"cannot reach RabbitMQ at {name} ({short(exc)}); check that the broker is "
                 "running and that --broker / MIRROR_BROKER_URL points at it"
             ) from exc
         return cls(url, job, conns[0], conns[1], window, batching)
@@ -285,17 +165,17 @@ class RabbitBroker:
         while True:
             try:
                 return await action()
-            except _RECOVERABLE as exc:
+            except RECOVERABLE as exc:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise BrokerUnavailable(
-                        f"lost RabbitMQ at {self.name} while {what} ({_short(exc)}); check the "
+                        f"lost RabbitMQ at {self.name} while {what} ({short(exc)}); check the "
                         "broker, then start this worker again"
                     ) from exc
-                log.info("%s: broker not ready (%s); trying again", what, _short(exc))
+                log.info("%s: broker not ready (%s); trying again", what, short(exc))
                 await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, 5.0)
-                with contextlib.suppress(TimeoutError, *_RECOVERABLE):
+                with contextlib.suppress(TimeoutError, *RECOVERABLE):
                     await asyncio.wait_for(self._con_conn.ready(), timeout=max(0.1, left))
 
     async def declare(self, spec: JobSpec) -> None:
@@ -331,10 +211,10 @@ class RabbitBroker:
         except aio_pika.exceptions.ChannelPreconditionFailed as exc:
             raise ConfigError(
                 f"job {self.job!r} has queues on {self.name} with other settings "
-                f"({_short(exc)}); delete the job or choose another --job"
+                f"({short(exc)}); delete the job or choose another --job"
             ) from exc
         finally:
-            with contextlib.suppress(*_RECOVERABLE):
+            with contextlib.suppress(*RECOVERABLE):
                 await channel.close()
         self._topology = topology
         await self._publish_raw("", _meta_queue(self.job), spec.to_json(), {})
@@ -365,7 +245,7 @@ class RabbitBroker:
                 raise ConfigError(f"the stored spec of job {self.job!r} is unreadable: "
                                   f"{exc.message}") from exc
             finally:
-                with contextlib.suppress(*_RECOVERABLE):
+                with contextlib.suppress(*RECOVERABLE):
                     await channel.close()
             # Another worker holds the spec message for a moment (it reads it the same way).
             if time.monotonic() > deadline:
@@ -400,15 +280,15 @@ class RabbitBroker:
                         f"RabbitMQ could not route a message to {routing_key!r} "
                         f"(queue or exchange missing: was job {self.job!r} deleted?)"
                     ) from exc
-                except _RECOVERABLE as exc:
+                except RECOVERABLE as exc:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise BrokerError(
                             f"publishing to {routing_key!r} on {self.name} failed for "
-                            f"{PUBLISH_PATIENCE_S:.0f} s ({_short(exc)}); nothing was acked, "
+                            f"{PUBLISH_PATIENCE_S:.0f} s ({short(exc)}); nothing was acked, "
                             "the work will be redone"
                         ) from exc
-                    log.debug("publish to %s failed (%s); retrying", routing_key, _short(exc))
+                    log.debug("publish to %s failed (%s); retrying", routing_key, short(exc))
                     await asyncio.sleep(min(delay, left))
                     delay = min(delay * 2, 5.0)
                     await self._wait_ready(left)
@@ -419,7 +299,7 @@ class RabbitBroker:
             return
         ready = getattr(channel, "ready", None)
         if ready is not None:
-            with contextlib.suppress(TimeoutError, *_RECOVERABLE):
+            with contextlib.suppress(TimeoutError, *RECOVERABLE):
                 await asyncio.wait_for(ready(), timeout=max(0.1, min(limit_s, 30)))
 
     async def publish(self, jobs: Sequence[Job]) -> None:
@@ -468,7 +348,7 @@ class RabbitBroker:
     async def park(self, job: Job, reason: Reason) -> None:
         await self.park_from(job, self.topology.queue_for(job), reason)
 
-    async def _park_raw(self, body: bytes, queue: str, reason: Reason) -> None:
+    async def park_raw(self, body: bytes, queue: str, reason: Reason) -> None:
         await self._publish_raw("", self.topology.parked_queue, body, {
             ATTEMPTS: reason.attempts, FROM_QUEUE: queue,
             REASON: json.dumps(reason.to_dict(), ensure_ascii=True),
@@ -476,70 +356,38 @@ class RabbitBroker:
 
     # -- consuming ---------------------------------------------------------------------
 
-    async def consume(self, queue: str, prefetch: int, handler: Handler) -> _Consumer:
+    async def consume(self, queue: str, prefetch: int, handler: Handler) -> QueueConsumer:
         return await self._patiently(f"consuming {queue}",
                                      lambda: self._consume(queue, prefetch, handler))
 
-    async def _consume(self, queue: str, prefetch: int, handler: Handler) -> _Consumer:
+    async def _consume(self, queue: str, prefetch: int, handler: Handler) -> QueueConsumer:
         topology = self.topology
         if queue not in topology.work_queues:
             raise ConfigError(f"no queue {queue!r} in job {self.job!r}")
         channel = await self._con_conn.channel()
         self._channels.append(channel)
-        # Prefetch is the concurrency: the consumer-timeout clock starts at delivery, so
-        # messages waiting in the client would age towards it.
-        await channel.set_qos(prefetch_count=max(1, prefetch))
         try:
             amqp_queue = await channel.declare_queue(queue, passive=True)
         except aio_pika.exceptions.ChannelNotFoundEntity as exc:
             raise ConfigError(f"queue {queue!r} does not exist on {self.name}; was job "
                               f"{self.job!r} deleted? seed it again with `mirror seed`") from exc
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            # Our own task, not aio-pika's: a channel that closes (consumer timeout, broker
-            # restart) cancels its callback tasks, which would abort a download that is fine
-            # and make its redelivered copy download the file again.
-            task = asyncio.create_task(self._handle(queue, message, handler))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        async def deliver(message: RabbitMessage, jobs: list[Job]) -> None:
+            self._count(queue, len(jobs))
+            await deliver_each(handler, [RabbitDelivery(self, message, job) for job in jobs])
 
-        tag = await amqp_queue.consume(on_message, no_ack=False)
-        return _Consumer(channel, amqp_queue, tag)
+        consumer = QueueConsumer(channel, amqp_queue, queue, deliver, self, self._tasks,
+                                 guess=self._jobs_per_message(queue))
+        await consumer.start(prefetch)
+        return consumer
 
-    async def _handle(self, queue: str, message: AbstractIncomingMessage,
-                      handler: Handler) -> None:
-        try:
-            jobs = decode_message(message.body)
-        except ProtocolError as exc:
-            log.error("undecodable message on %s parked: %s", queue, exc.message)
-            try:
-                await self._park_raw(message.body, queue, Reason.from_error(exc, 0))
-                await message.ack()
-            except (BrokerError, *_RECOVERABLE):
-                log.warning("could not park an undecodable message; it stays queued")
-            return
-        carrier = _Message(message, queue, len(jobs))
-        self._count(queue, len(jobs))
-        if len(jobs) == 1:
-            await self._deliver(handler, _Delivery(self, carrier, jobs[0]))
-        else:  # as if each job had come in a message of its own
-            await asyncio.gather(*(self._deliver(handler, _Delivery(self, carrier, job))
-                                   for job in jobs))
-
-    @staticmethod
-    async def _deliver(handler: Handler, delivery: _Delivery) -> None:
-        try:
-            await handler(delivery)
-        except asyncio.CancelledError:
-            await delivery.release()
-            raise
-        except Exception:
-            log.exception("handler failed on %s; job returned to its queue", delivery.job)
-            await delivery.release()
-        else:
-            if not delivery.settled:
-                log.error("handler left %s unsettled; returned to its queue", delivery.job)
-                await delivery.release()
+    def _jobs_per_message(self, queue: str) -> float:
+        """What a message of ``queue`` is expected to carry before any has come."""
+        if self._batching is None or not self._batching.packs_files:
+            return 1.0
+        if queue == self.topology.list_queue:
+            return float(self._batching.folders)
+        return float(self._batching.files)
 
     # -- inspection --------------------------------------------------------------------
 
@@ -565,7 +413,7 @@ class RabbitBroker:
     async def _drop_query_channel(self) -> None:
         channel, self._query_channel = self._query_channel, None
         if channel is not None:
-            with contextlib.suppress(*_RECOVERABLE):
+            with contextlib.suppress(*RECOVERABLE):
                 await channel.close()  # or the robust wrapper reopens it behind our back
 
     async def depths(self) -> dict[str, QueueDepth]:
@@ -576,8 +424,8 @@ class RabbitBroker:
                 depth = await self._queue_depth(name)
                 if depth is not None:
                     out[name] = depth
-        except _RECOVERABLE as exc:
-            raise BrokerError(f"cannot read queue depths on {self.name}: {_short(exc)}") from exc
+        except RECOVERABLE as exc:
+            raise BrokerError(f"cannot read queue depths on {self.name}: {short(exc)}") from exc
         return self.in_jobs(out)
 
     async def parked_jobs(self, limit: int = 10_000) -> list[ParkedJob]:
@@ -597,7 +445,7 @@ class RabbitBroker:
                 if parked is not None:
                     out.append(parked)
         finally:
-            with contextlib.suppress(*_RECOVERABLE):
+            with contextlib.suppress(*RECOVERABLE):
                 await channel.close()  # returns every message read above to the queue
         return out
 
@@ -621,7 +469,7 @@ class RabbitBroker:
                 await message.ack()  # only once the job is durable on its queue again
                 moved += 1
         finally:
-            with contextlib.suppress(*_RECOVERABLE):
+            with contextlib.suppress(*RECOVERABLE):
                 await channel.close()
         return moved
 
@@ -647,9 +495,9 @@ class RabbitBroker:
             exchange = await channel.get_exchange(_control_exchange(self.job), ensure=False)
             await exchange.publish(aio_pika.Message(json.dumps(message).encode()), "",
                                    mandatory=False, timeout=10)
-        except _RECOVERABLE as exc:
+        except RECOVERABLE as exc:
             raise BrokerError(f"cannot send a control message on {self.name}: "
-                              f"{_short(exc)}") from exc
+                              f"{short(exc)}") from exc
 
     async def subscribe(self, callback: ControlCallback) -> None:
         await self._patiently("subscribing to control messages",
@@ -723,25 +571,14 @@ class RabbitBroker:
             await channel.exchange_delete(_control_exchange(self.job))
             await channel.exchange_delete(events_exchange(self.job))
         finally:
-            with contextlib.suppress(*_RECOVERABLE):
+            with contextlib.suppress(*RECOVERABLE):
                 await channel.close()
 
     async def close(self) -> None:
         for task in list(self._tasks):  # the worker drained them; these are stragglers
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await _close_all([self._con_conn, self._pub_conn])
+        await close_all([self._con_conn, self._pub_conn])
 
 
-async def _close_all(conns: Sequence[AbstractRobustConnection]) -> None:
-    for conn in conns:
-        with contextlib.suppress(*_RECOVERABLE, asyncio.CancelledError):
-            await asyncio.wait_for(conn.close(), timeout=10)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) < 200 else text[:197] + "..."
-
-
-__all__ = ["ATTEMPTS", "FROM_QUEUE", "REASON", "RabbitBroker", "public_name"]
+__all__ = ["RabbitBroker", "public_name"]
