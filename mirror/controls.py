@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from mirror.concurrency import AdaptiveLimit
@@ -33,7 +33,7 @@ class Control:
     concurrency_reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = dict(vars(self))  # flat fields: asdict's deep copy is not needed
         d["rate"] = self.rate if math.isfinite(self.rate) else None
         return d
 

@@ -239,6 +239,10 @@ class Placement:
     def disks(self) -> list[Disk]:
         return list({id(d): d for d in self._disks.values()}.values())
 
+    def syncing(self) -> int:
+        """Files written and waiting only for their group's syncs, on every disk."""
+        return sum(d.group.waiting for d in self.disks if d.group is not None)
+
     def disk_for(self, shard: int) -> Disk:
         try:
             return self._disks[shard]

@@ -112,6 +112,7 @@ class _Child:
         self._lock = asyncio.Lock()
         self.transferred = 0  # the child's own running total, last reported
         self.limit = initial_limit  # transfers it allows at once, last reported
+        self.syncing = 0  # its files waiting only for their group's syncs, last reported
         self.control: dict[str, Any] = {}  # its fetch rate controller, last reported
         self.requests: dict[tuple[str, int], int] = {}  # its requests by budget and status
 
@@ -225,6 +226,10 @@ class FetchPool:
         """Transfers the children allow at once now, in all."""
         return sum(c.limit for c in self._children)
 
+    def syncing(self) -> int:
+        """Files of the children that wait only for their group's syncs, as last reported."""
+        return sum(c.syncing for c in self._children)
+
     def start_at(self, limit: int) -> None:
         """Have the children start from ``limit`` transfers in all (found by the worker)."""
         share = max(1, -(-limit // len(self._children)))
@@ -258,6 +263,8 @@ class FetchPool:
         return self._outcome(job, reply)
 
     def _count_bytes(self, child: _Child, reply: Mapping[str, Any]) -> None:
+        if "syncing" in reply:
+            child.syncing = int(reply["syncing"])
         if "transferred" in reply:
             total = int(reply["transferred"])
             self._stats.transferred += max(0, total - child.transferred)
@@ -308,12 +315,19 @@ def _context(setup: Mapping[str, Any], pool: DiskPool) -> Context:
 class _Fetcher:
     """A fetch process's side: its files run within its own adaptive share of transfers."""
 
+    # What the worker shows of this process (its limit, rate controller and request counts)
+    # is sent at most this often, and when the process runs out of work: built for every
+    # answer it was a tenth of a small-file process's CPU.
+    REPORT_EVERY_S = 0.1
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         w = ctx.settings
         self.slots = ctx.limiter.limit_for("fetch", w.concurrency, w.max_concurrency,
                                            w.adaptive_concurrency)
         self._told: tuple[int | None, dict[str, Any] | None] = (None, None)
+        self._next_report = 0.0
+        self._busy = 0
 
     async def one(self, job: FetchJob) -> dict[str, Any]:
         reply: dict[str, Any]
@@ -333,23 +347,34 @@ class _Fetcher:
 
     async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         reply: dict[str, Any]
-        if "start_at" in request:  # the worker's own level, as it hands its work over
-            self.slots.raise_to(int(request["start_at"]))
-            reply = {}
-        else:
-            job = job_from_dict(request["job"])
-            reply = await (self.one(job) if isinstance(job, FetchJob) else _unexpected(job))
-        reply.update(id=request["id"], transferred=self.ctx.stats.transferred,
-                     requests=[[b, status, n] for (b, status), n
-                               in self.ctx.limiter.requests.items()])
-        # What the worker shows of this process: its limit and rate controller, when moved.
+        self._busy += 1
+        try:
+            if "start_at" in request:  # the worker's own level, as it hands its work over
+                self.slots.raise_to(int(request["start_at"]))
+                reply = {}
+            else:
+                job = job_from_dict(request["job"])
+                reply = await (self.one(job) if isinstance(job, FetchJob)
+                               else _unexpected(job))
+        finally:
+            self._busy -= 1
+        reply["id"] = request["id"]
+        reply["transferred"] = self.ctx.stats.transferred
+        reply["syncing"] = self.ctx.placement.syncing()
         limit = self.slots.limit
-        control = local("fetch", self.ctx.limiter, self.slots).to_dict()
         if limit != self._told[0]:
             reply["limit"] = limit
-        if control != self._told[1]:
-            reply["control"] = control
-        self._told = (limit, control)
+        now = time.monotonic()
+        if now >= self._next_report or not self._busy:
+            self._next_report = now + self.REPORT_EVERY_S
+            reply["requests"] = [[b, status, n] for (b, status), n
+                                 in self.ctx.limiter.requests.items()]
+            control = local("fetch", self.ctx.limiter, self.slots).to_dict()
+            if control != self._told[1]:
+                reply["control"] = control
+            self._told = (limit, control)
+        else:
+            self._told = (limit, self._told[1])
         return reply
 
 

@@ -141,6 +141,7 @@ class GroupSync:
         self.rounds = 0  # rounds run, files settled, sync calls made (syncfs or fsync)
         self.files = 0
         self.syncs = 0
+        self.waiting = 0  # files in ``settle`` now: written, waiting only for their syncs
         self.fallback = _SYNCFS is None  # per-file fsync instead of syncfs
         self._run = run
         self._translate = translate
@@ -265,6 +266,7 @@ class GroupSync:
         self._pending.append(entry)
         self._pending_bytes += part.size
         self._schedule(loop)
+        self.waiting += 1
         try:
             await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -277,6 +279,8 @@ class GroupSync:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait({future})
             raise
+        finally:
+            self.waiting -= 1
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._round_task is not None:

@@ -53,6 +53,10 @@ class Pool(Protocol):
         """Have the processes start from ``limit`` transfers in all."""
         ...
 
+    def syncing(self) -> int:
+        """Files of the processes that wait only for their group's syncs."""
+        ...
+
     def controls(self) -> list[dict[str, Any]]:
         """Each process's fetch controllers (``Control.to_dict``), as last reported."""
         ...
@@ -101,6 +105,7 @@ class Worker:
                                          adaptive=False)
         self.ctx.list_slots.changed = self._limit_changed
         self._prefetch: dict[str, int] = {}  # queue -> prefetch asked of its consumer
+        self._told_syncing = 0  # files waiting for their syncs when prefetch last followed
         self._fetch_consumers: list[tuple[str, Consumer]] = []
         self._list_consumer: Consumer | None = None
         self._prefetch_task: asyncio.Task[None] | None = None
@@ -189,17 +194,33 @@ class Worker:
         return self.ctx.list_slots.limit
 
     def _fetch_prefetch(self) -> int:
-        """Messages to hold: enough to keep every transfer slot busy (a message carries at
-        least one job), and no more, since held messages age towards the consumer timeout
-        and are out of reach of other workers."""
+        """Jobs to hold: enough to keep every transfer slot busy, and no more, since held
+        jobs age towards the consumer timeout and are out of reach of other workers. A file
+        that only waits for its group's syncs has given its transfer slot back but still
+        holds its job: those come on top, or the transfers would idle while files wait for
+        the disk (a third of a small-file run's time, bench/RESULTS.md)."""
+        syncing = self._syncing()
         if self._pool is not None and self._pooled:
             total = self._pool.total_limit()
             # Plus what is still fetched here (handed over, the pool needs its own share).
-            return total + max(2, total // 4) + self._fetch_slots.slots.held
-        # A margin for files that gave their slot back while they wait for their group
-        # commit: they still hold their message.
+            return total + max(2, total // 4) + self._fetch_slots.slots.held + syncing
         limit = self._fetch_slots.limit
-        return limit + max(2, limit // 4)
+        return limit + max(2, limit // 4) + syncing
+
+    def _syncing(self) -> int:
+        if self._pool is not None and self._pooled:
+            return self._pool.syncing() + self.ctx.placement.syncing()
+        return self.ctx.placement.syncing()
+
+    def _syncing_moved(self) -> None:
+        """Prefetch and the hand-over to the fetch processes follow the files waiting for
+        their syncs (checked as jobs end; followed once they moved by a quarter)."""
+        syncing = self._syncing()
+        told = self._told_syncing
+        if abs(syncing - told) >= max(8, told // 4):
+            self._told_syncing = syncing
+            self._pool_slots.slots.resize(self.settings.most_transfers + syncing)
+            self._limit_changed(0)
 
     def _use_pool(self) -> bool:
         if self._pooled or self._pool is None:
@@ -286,6 +307,7 @@ class Worker:
             await self._process(delivery)
         finally:
             self._held -= 1
+            self._syncing_moved()
             if not self._held:
                 self._wake.set()
                 self.presence.nudge()

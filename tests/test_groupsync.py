@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror.disk import PART_SUFFIX, Disk, os_error
+from mirror.disk import PART_SUFFIX, Disk, Placement, os_error
 from mirror.diskpool import DiskPool
 from mirror.errors import DiskFull, FatalError, IntegrityError
 from mirror.groupsync import GroupSync
@@ -183,6 +183,25 @@ async def test_a_mismatch_never_joins_a_round(tmp_path: Path, pool: DiskPool) ->
     with pytest.raises(IntegrityError, match="got 3 bytes"):
         await disk.commit(part, 10, None, None, b"abc")
     assert disk.group.rounds == 0 and list(tmp_path.iterdir()) == []
+
+
+async def test_files_waiting_for_their_syncs_are_counted(tmp_path: Path,
+                                                         pool: DiskPool) -> None:
+    """The worker holds more jobs while files wait for the disk (their transfer slots are
+    free): the count it reads is the files inside ``settle``, until their last sync."""
+    disk = Disk(tmp_path, pool=pool)
+    gate = threading.Event()
+    group = Recording(disk, [], gate=gate)
+    disk.group = group
+    placement = Placement.single(disk, 2)
+    writes = [asyncio.ensure_future(write(disk, f"d/f{i}.bin", body(i))) for i in range(10)]
+    while group.waiting < 10:
+        await asyncio.sleep(0.001)
+    assert placement.syncing() == 10  # one disk of two shards, counted once
+    gate.set()
+    await asyncio.gather(*writes)
+    assert group.waiting == 0 and placement.syncing() == 0
+    assert Placement.single(Disk(tmp_path, fsync=False, pool=pool), 1).syncing() == 0
 
 
 async def test_a_cancelled_caller_waits_for_the_round_holding_its_part(

@@ -17,6 +17,7 @@ within the read timeout), ``ProtocolError`` (a redirect loop).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import ssl
 from collections.abc import Mapping
@@ -56,21 +57,40 @@ class Origin:
 
 
 def split_url(url: str) -> tuple[Origin, str]:
-    """The origin and the request target of an http(s) URL (target kept as encoded)."""
-    parts = urlsplit(url)
+    """The origin and the request target of an http(s) URL (target kept as encoded).
+
+    The origin part is parsed once per origin (``urlsplit`` on every URL was 8% of a fetch
+    process's loop on small files); the target is what follows it, without a fragment."""
+    start = url.find("://")
+    end = len(url)
+    if start > 0:
+        for mark in "/?#":
+            found = url.find(mark, start + 3)
+            if 0 <= found < end:
+                end = found
+    try:
+        origin = _origin(url[:end])
+    except ValueError as exc:
+        raise ProtocolError(f"{url!r} {exc}") from None
+    target = url[end:].partition("#")[0]
+    if not target.startswith("/"):
+        target = "/" + target
+    if not (target.isascii() and target.isprintable()) or " " in target:
+        target = quote(target, safe=_SAFE_TARGET)  # a raw Location header, for instance
+    return origin, target
+
+
+@functools.lru_cache(maxsize=256)
+def _origin(head: str) -> Origin:
+    parts = urlsplit(head)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
-        raise ProtocolError(f"{url!r} is not an http(s) URL")
+        raise ValueError("is not an http(s) URL")
     try:
         port = parts.port or (443 if scheme == "https" else 80)
     except ValueError as exc:
-        raise ProtocolError(f"{url!r}: {exc}") from None
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
-    if not target.isascii() or any(c in target for c in " \r\n\t"):
-        target = quote(target, safe=_SAFE_TARGET)  # a raw Location header, for instance
-    return Origin(scheme, parts.hostname, port), target
+        raise ValueError(f"has a bad port: {exc}") from None
+    return Origin(scheme, parts.hostname, port)
 
 
 class Response:
