@@ -226,6 +226,7 @@ class Placement:
 
     def __init__(self, disks: dict[int, Disk]) -> None:
         self._disks = dict(disks)
+        self._distinct = tuple({id(d): d for d in self._disks.values()}.values())
 
     @classmethod
     def single(cls, disk: Disk, shards: int) -> Placement:
@@ -237,11 +238,11 @@ class Placement:
 
     @property
     def disks(self) -> list[Disk]:
-        return list({id(d): d for d in self._disks.values()}.values())
+        return list(self._distinct)
 
     def syncing(self) -> int:
         """Files written and waiting only for their group's syncs, on every disk."""
-        return sum(d.group.waiting for d in self.disks if d.group is not None)
+        return sum(d.group.waiting for d in self._distinct if d.group is not None)
 
     def disk_for(self, shard: int) -> Disk:
         try:

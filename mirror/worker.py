@@ -346,7 +346,7 @@ class Worker:
         try:
             job = delivery.job
             if (outcome in ("fetched", "skipped") and self.settings.file_events
-                    and isinstance(job, FetchJob)):
+                    and isinstance(job, FetchJob) and self.broker.events_heard):
                 # Confirmed before the ack: at least once, never lost.
                 await self.broker.publish_event(file_event(outcome, self.spec.name, job))
         except BrokerError as exc:

@@ -262,6 +262,10 @@ class MemoryBroker:
     async def subscribe(self, callback: ControlCallback) -> None:
         self._subscribers.append(callback)
 
+    @property
+    def events_heard(self) -> bool:
+        return bool(self._event_subscribers)
+
     async def publish_event(self, event: dict[str, Any]) -> None:
         for callback in list(self._event_subscribers):
             callback(dict(event))

@@ -527,6 +527,10 @@ class RabbitBroker:
 
     # -- events ------------------------------------------------------------------------
 
+    @property
+    def events_heard(self) -> bool:
+        return True  # a follower of the events exchange may be anywhere
+
     async def publish_event(self, event: dict[str, Any]) -> None:
         if self._events is not None and event.get("event") in COALESCED_EVENTS:
             await self._events.send(event)  # shared with files settled at about this time
