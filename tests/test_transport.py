@@ -155,7 +155,7 @@ async def test_every_body_byte_passes_the_bandwidth_limit() -> None:
             assert direct_copy(body) is None  # the splice would pass the limit by
             assert b"".join([c async for c in body.chunks(1 << 20)]) == BODY
         # 1.2 MB at 1 MB/s; the bucket charges a piece after it arrived, so the last piece
-        # (at most lean.HIGH_WATER and a bit) may still be owed.
+        # (at most http1.HIGH_WATER and a bit) may still be owed.
         assert time.monotonic() - started >= 0.8
     assert limiter.received_bytes == 2 * len(BODY) + len(b"index")
 
