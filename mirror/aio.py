@@ -18,7 +18,7 @@ def tune_gc() -> None:
     worker's CPU in profiles. What is loaded by now lives as long as the process: freeze it.
 
     Process-wide, so only a process's own entry point may call it: the ``mirror`` command
-    (``mirror.cli.main``) and a fetch process (``mirror.fetchpool.child``). Library code and
+    (``mirror.cli.main``) and a fetch process (``mirror.fetchchild.child``). Library code and
     tests that run mirror's coroutines keep Python's settings.
     """
     gc.freeze()

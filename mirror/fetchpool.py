@@ -24,76 +24,23 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import sys
-import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from mirror import errors
-from mirror.aio import run_async, tune_gc
-from mirror.broker import Topology
-from mirror.broker.memory import MemoryBroker
-from mirror.controls import local
-from mirror.crawl import Context, Outcome, fetch_file
-from mirror.disk import Disk, Placement
-from mirror.diskpool import DiskPool, disk_pool
-from mirror.errors import ConfigError, ErrorDetail, MirrorError, SourceUnavailable
-from mirror.jobs import FetchJob, JobSpec, encode_job, job_from_dict
-from mirror.jobsource import source_for
+from mirror.crawl import Outcome
+from mirror.disk import Placement
+from mirror.errors import ConfigError, SourceUnavailable
+from mirror.fetchchild import child as child_main
+from mirror.fetchwire import LINE_LIMIT, Lines, error_from
+from mirror.jobs import FetchJob, JobSpec, encode_job
 from mirror.prefork import Forked, ForkedProcess, fork_children, reap
-from mirror.ratelimit import Limiter, RateSettings
+from mirror.ratelimit import RateSettings
 from mirror.settings import SourceSettings, WorkerSettings
 from mirror.stats import Stats
 
 log = logging.getLogger(__name__)
-LINE_LIMIT = 64 * 1024 * 1024
-
-
-class _Lines:
-    """Lines for a pipe, written together once per turn of the loop.
-
-    One write per job and one per answer was a system call and a wake-up of the other side
-    for every small file; with many transfers running, a turn of the loop sends dozens at once.
-    """
-
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self._writer = writer
-        self._buffer: list[bytes] = []
-
-    async def send(self, line: bytes) -> None:
-        if not self._buffer:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._buffer.append(line)
-        await self._writer.drain()  # waits only while the pipe is full
-
-    def _flush(self) -> None:
-        lines, self._buffer = self._buffer, []
-        if not self._writer.is_closing():
-            self._writer.write(b"".join(lines))
-
-
-def _error_from(reply: Mapping[str, Any]) -> MirrorError:
-    cls = getattr(errors, str(reply.get("error")), None)
-    message = str(reply.get("message", "error in a fetch process"))
-    detail = ErrorDetail(**reply.get("detail", {}))
-    if isinstance(cls, type) and issubclass(cls, errors.RateLimited):
-        return cls(message, detail, reply.get("retry_after_s"))
-    if isinstance(cls, type) and issubclass(cls, MirrorError):
-        return cls(message, detail)
-    return SourceUnavailable(f"fetch process: {message}")  # a bug there: retried, then parked
-
-
-def _reply_for(exc: BaseException) -> dict[str, Any]:
-    if isinstance(exc, MirrorError):
-        reply: dict[str, Any] = {"error": type(exc).__name__, "message": exc.message,
-                                 "detail": dataclasses.asdict(exc.detail)}
-        if isinstance(exc, errors.RateLimited):
-            reply["retry_after_s"] = exc.retry_after_s
-        return reply
-    return {"error": type(exc).__name__, "message": f"{type(exc).__name__}: {exc}"}
 
 
 class _Child:
@@ -105,7 +52,7 @@ class _Child:
         if forked is not None:
             forked.taken = True
         self._proc: asyncio.subprocess.Process | ForkedProcess | None = None
-        self._lines: _Lines | None = None
+        self._lines: Lines | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next = 0
@@ -125,12 +72,12 @@ class _Child:
                 forked, self._forked = self._forked, None
                 self._proc = (await ForkedProcess.connect(forked, LINE_LIMIT) if forked else
                               await asyncio.create_subprocess_exec(
-                                  sys.executable, "-m", "mirror.fetchpool",
+                                  sys.executable, "-m", "mirror.fetchchild",
                                   stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                                   limit=LINE_LIMIT))
                 assert self._proc.stdin is not None
                 self._proc.stdin.write(self._setup + b"\n")
-                self._lines = _Lines(self._proc.stdin)
+                self._lines = Lines(self._proc.stdin)
                 self.transferred = 0
                 self._reader = asyncio.create_task(self._read(self._proc))
             return self._proc
@@ -286,7 +233,7 @@ class FetchPool:
 
     def _outcome(self, job: FetchJob, reply: Mapping[str, Any]) -> Outcome:
         if "error" in reply:
-            raise _error_from(reply)
+            raise error_from(reply)
         outcome: Outcome = reply["outcome"]
         self._stats.file_done(outcome, job.size, float(reply.get("seconds", 0.0)))
         return outcome
@@ -295,144 +242,9 @@ class FetchPool:
         await asyncio.gather(*(c.close() for c in self._children), return_exceptions=True)
 
 
-# -- the child ---------------------------------------------------------------------------
-
-
-def _context(setup: Mapping[str, Any], pool: DiskPool) -> Context:
-    """What ``fetch_file`` needs, from the setup line the worker sent."""
-    spec = JobSpec.from_json(json.dumps(setup["spec"]).encode())
-    worker = WorkerSettings(**setup["worker"])
-    disks: dict[str, Disk] = {}
-    shards = {int(s): disks.setdefault(root, Disk(Path(root), fsync=worker.fsync,
-                                                  pool=pool))
-              for s, root in setup["disks"].items()}
-    limiter = Limiter(RateSettings(**setup["rates"]))
-    source = source_for(spec, SourceSettings(**setup["source"]), limiter)
-    return Context(spec, Topology(spec), source, MemoryBroker(), Placement(shards), worker,
-                   Stats(), limiter)
-
-
-class _Fetcher:
-    """A fetch process's side: its files run within its own adaptive share of transfers."""
-
-    # What the worker shows of this process (its limit, rate controller and request counts)
-    # is sent at most this often, and when the process runs out of work: built for every
-    # answer it was a tenth of a small-file process's CPU.
-    REPORT_EVERY_S = 0.1
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        w = ctx.settings
-        self.slots = ctx.limiter.limit_for("fetch", w.concurrency, w.max_concurrency,
-                                           w.adaptive_concurrency)
-        self._told: tuple[int | None, dict[str, Any] | None] = (None, None)
-        self._next_report = 0.0
-        self._busy = 0
-
-    async def one(self, job: FetchJob) -> dict[str, Any]:
-        reply: dict[str, Any]
-        async with self.slots:  # the worker may hand over more than this process's share
-            started = time.monotonic()
-            moved = 0
-            try:
-                outcome = await fetch_file(job, self.ctx)
-                reply = {"outcome": outcome}
-                moved = job.size if outcome == "fetched" else 0
-            except Exception as exc:
-                reply = _reply_for(exc)
-            finally:
-                self.slots.done(moved)
-            reply["seconds"] = round(time.monotonic() - started, 6)
-        return reply
-
-    async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
-        reply: dict[str, Any]
-        self._busy += 1
-        try:
-            if "start_at" in request:  # the worker's own level, as it hands its work over
-                self.slots.raise_to(int(request["start_at"]))
-                reply = {}
-            else:
-                job = job_from_dict(request["job"])
-                reply = await (self.one(job) if isinstance(job, FetchJob)
-                               else _unexpected(job))
-        finally:
-            self._busy -= 1
-        reply["id"] = request["id"]
-        reply["transferred"] = self.ctx.stats.transferred
-        reply["syncing"] = self.ctx.placement.syncing()
-        limit = self.slots.limit
-        if limit != self._told[0]:
-            reply["limit"] = limit
-        now = time.monotonic()
-        if now >= self._next_report or not self._busy:
-            self._next_report = now + self.REPORT_EVERY_S
-            reply["requests"] = [[b, status, n] for (b, status), n
-                                 in self.ctx.limiter.requests.items()]
-            control = local("fetch", self.ctx.limiter, self.slots).to_dict()
-            if control != self._told[1]:
-                reply["control"] = control
-            self._told = (limit, control)
-        else:
-            self._told = (limit, self._told[1])
-        return reply
-
-
-async def _child_main(requests: IO[bytes], answers: IO[bytes]) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=LINE_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), requests)
-    first = await reader.readline()
-    if not first:
-        return  # forked, and not needed after all
-    setup = json.loads(first)
-    logging.getLogger().setLevel(int(setup.get("log_level", logging.WARNING)))
-    for noisy in ("aiohttp", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    pool = disk_pool(int(setup["worker"]["max_concurrency"]))
-    ctx = _context(setup, pool)
-    fetcher = _Fetcher(ctx)
-    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
-                                                        answers)
-    out = _Lines(asyncio.StreamWriter(transport, protocol, None, loop))
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def handle(request: dict[str, Any]) -> None:
-        reply = await fetcher.answer(request)
-        await out.send(json.dumps(reply).encode() + b"\n")
-
-    try:
-        while line := await reader.readline():
-            task = asyncio.create_task(handle(json.loads(line)))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-    finally:
-        await ctx.source.close()
-        pool.shutdown(wait=True)
-
-
-async def _unexpected(job: object) -> dict[str, Any]:
-    return _reply_for(TypeError(f"a fetch process got a {type(job).__name__}"))
-
-
-def child(requests: IO[bytes], answers: IO[bytes]) -> None:
-    """A fetch process: answer the requests of one pipe on the other until the first ends."""
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True,
-                        format=f"fetch process {os.getpid()}: %(levelname)s %(message)s")
-    tune_gc()  # a fetch process is mirror's own, like the command that started it
-    run_async(_child_main(requests, answers))
-
-
 def fork(processes: int) -> list[Forked]:
     """Fetch processes for ``--processes``, forked now (before the event loop starts)."""
-    return fork_children(processes, child)
+    return fork_children(processes, child_main)
 
 
-def main() -> None:
-    child(sys.stdin.buffer, sys.stdout.buffer)
-
-
-if __name__ == "__main__":
-    main()
+__all__ = ["FetchPool", "fork"]

@@ -1,6 +1,6 @@
 """Fetch processes forked before the event loop starts (``--processes N``).
 
-A fetch process started with ``python -m mirror.fetchpool`` spends 60-150 ms on its
+A fetch process started with ``python -m mirror.fetchchild`` spends 60-150 ms on its
 interpreter and imports, on cores that the worker is already listing on; a run of 20,000
 small files got its first file 0.2 s after it started, rclone after 0.05 s. Forked from the
 command before its event loop exists, a child has every module already and waits for its

@@ -13,7 +13,8 @@ import pytest
 
 from mirror import errors
 from mirror.errors import ErrorDetail
-from mirror.fetchpool import _error_from, _reply_for
+from mirror.fetchwire import error_from as _error_from
+from mirror.fetchwire import reply_for as _reply_for
 from mirror.jobs import JobSpec
 from mirror.runner import WorkOptions, run_job
 from mirror.settings import SourceSettings, WorkerSettings
