@@ -21,6 +21,11 @@ sent together (``mirror.broker.batching``); every job of a message is still deli
 retried, parked and reported on its own, and the message is acked once all of them are
 settled. A crash before that redelivers the whole message: the jobs already done are redone
 cheaply (skipped as current, listed again), at least once as for any message.
+
+The parts, each in a module of its own: the layout declared, read and deleted
+(``rabbit_setup``), confirmed publishing and the fan-out subscriptions (``rabbit_channels``),
+consuming with prefetch counted in jobs (``rabbit_consumer``), the parked queue
+(``rabbit_parked``), what they share (``rabbit_common``).
 """
 
 from __future__ import annotations
@@ -38,7 +43,6 @@ import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
-    AbstractIncomingMessage,
     AbstractRobustConnection,
 )
 
@@ -59,11 +63,9 @@ from mirror.broker.batching import (
     in_jobs,
     split,
 )
+from mirror.broker.rabbit_channels import PUBLISH_PATIENCE_S, Publisher, subscribe_json
 from mirror.broker.rabbit_common import (
     ATTEMPTS,
-    FROM_QUEUE,
-    QUEUE_ARGS,
-    REASON,
     RECOVERABLE,
     close_all,
     public_name,
@@ -75,25 +77,22 @@ from mirror.broker.rabbit_consumer import (
     RabbitMessage,
     deliver_each,
 )
-from mirror.errors import BrokerError, BrokerUnavailable, ConfigError, ProtocolError
+from mirror.broker.rabbit_parked import park_headers, read_parked, requeue_parked
+from mirror.broker.rabbit_setup import (
+    control_exchange,
+    declare_job,
+    delete_job,
+    meta_queue,
+    read_spec,
+)
+from mirror.errors import BrokerError, BrokerUnavailable, ConfigError
 from mirror.events import events_exchange
-from mirror.jobs import Job, JobSpec, Reason, decode_job, encode_job
+from mirror.jobs import Job, JobSpec, Reason, encode_job
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# How long publish keeps retrying through a reconnect before it gives up with BrokerError:
-# long enough for a broker restart, short enough that a worker does not hang forever.
-PUBLISH_PATIENCE_S = 120.0
 ATTACH_PATIENCE_S = 5.0
-
-
-def _meta_queue(job: str) -> str:
-    return f"{job}.meta"
-
-
-def _control_exchange(job: str) -> str:
-    return f"{job}.control"
 
 
 class RabbitBroker:
@@ -104,9 +103,8 @@ class RabbitBroker:
         self.job = job
         self._pub_conn = publisher
         self._con_conn = consumer
-        self._window = asyncio.Semaphore(window)
+        self._publisher = Publisher(publisher, self.name, job, window)
         self._topology: Topology | None = None
-        self._pub_channel: AbstractChannel | None = None
         self._query_channel: AbstractChannel | None = None
         self._channels: list[AbstractChannel] = []  # strong refs: robust restore needs them
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -152,12 +150,6 @@ class RabbitBroker:
             raise ConfigError(f"job {self.job!r} is not attached; call declare() or attach()")
         return self._topology
 
-    async def _publisher(self) -> AbstractChannel:
-        if self._pub_channel is None:
-            self._pub_channel = await self._pub_conn.channel(
-                publisher_confirms=True, on_return_raises=True)
-        return self._pub_channel
-
     async def _patiently(self, what: str, action: Callable[[], Awaitable[T]]) -> T:
         """Run a set-up step, riding out a broker restart for a while (as publishes do)."""
         deadline = time.monotonic() + PUBLISH_PATIENCE_S
@@ -184,40 +176,8 @@ class RabbitBroker:
     async def _declare(self, spec: JobSpec) -> None:
         if spec.name != self.job:
             raise ConfigError(f"spec of job {spec.name!r} declared on broker of job {self.job!r}")
-        topology = Topology(spec)
-        channel = await self._pub_conn.channel()
-        try:
-            for name in topology.work_queues:
-                await channel.declare_queue(name, durable=True, arguments=QUEUE_ARGS)
-            await channel.declare_queue(topology.parked_queue, durable=True,
-                                        arguments=QUEUE_ARGS)
-            for tier, delay in enumerate(spec.retry_delays_s):
-                name = topology.retry_queue(tier)
-                queue = await channel.declare_queue(name, durable=True, arguments={
-                    **QUEUE_ARGS,
-                    "x-message-ttl": max(1, round(delay * 1000)),
-                    "x-dead-letter-exchange": "",  # back by routing key = the original queue
-                })
-                exchange = await channel.declare_exchange(
-                    name, aio_pika.ExchangeType.FANOUT, durable=True)
-                await queue.bind(exchange)
-            await channel.declare_exchange(_control_exchange(self.job),
-                                           aio_pika.ExchangeType.FANOUT, durable=True)
-            await channel.declare_exchange(events_exchange(self.job),
-                                           aio_pika.ExchangeType.TOPIC, durable=True)
-            # drop-head at length 1: publishing a new spec replaces the old one.
-            await channel.declare_queue(_meta_queue(self.job), durable=True,
-                                        arguments={**QUEUE_ARGS, "x-max-length": 1})
-        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
-            raise ConfigError(
-                f"job {self.job!r} has queues on {self.name} with other settings "
-                f"({short(exc)}); delete the job or choose another --job"
-            ) from exc
-        finally:
-            with contextlib.suppress(*RECOVERABLE):
-                await channel.close()
-        self._topology = topology
-        await self._publish_raw("", _meta_queue(self.job), spec.to_json(), {})
+        self._topology = await declare_job(self._pub_conn, spec, self.name)
+        await self._publish_raw("", meta_queue(self.job), spec.to_json(), {})
 
     async def attach(self) -> JobSpec:
         """Read the spec from ``J.meta`` without taking it away from other workers."""
@@ -225,82 +185,19 @@ class RabbitBroker:
 
     async def _attach(self) -> JobSpec:
         deadline = time.monotonic() + ATTACH_PATIENCE_S
-        while True:
-            channel = await self._pub_conn.channel()
-            try:
-                queue = await channel.declare_queue(_meta_queue(self.job), passive=True)
-                message = await queue.get(no_ack=False, fail=False)
-                if message is not None:
-                    body = message.body
-                    await message.nack(requeue=True)
-                    spec = JobSpec.from_json(body)
-                    self._topology = Topology(spec)
-                    return spec
-            except aio_pika.exceptions.ChannelNotFoundEntity as exc:
-                raise ConfigError(
-                    f"no job named {self.job!r} on {self.name}; seed it first with "
-                    f"`mirror seed SOURCE --job {self.job} --broker URL`"
-                ) from exc
-            except ProtocolError as exc:
-                raise ConfigError(f"the stored spec of job {self.job!r} is unreadable: "
-                                  f"{exc.message}") from exc
-            finally:
-                with contextlib.suppress(*RECOVERABLE):
-                    await channel.close()
-            # Another worker holds the spec message for a moment (it reads it the same way).
+        while (spec := await read_spec(self._pub_conn, self.job, self.name)) is None:
             if time.monotonic() > deadline:
                 raise ConfigError(f"job {self.job!r} on {self.name} has no stored spec; "
                                   "seed it again with `mirror seed`")
             await asyncio.sleep(0.1)
+        self._topology = Topology(spec)
+        return spec
 
     # -- publishing --------------------------------------------------------------------
 
     async def _publish_raw(self, exchange_name: str, routing_key: str, body: bytes,
                            headers: dict[str, Any], mandatory: bool = True) -> None:
-        """One persistent, confirmed publish (mandatory: a queue must take it); rides out
-        reconnects for a while."""
-        message = aio_pika.Message(body, headers=headers or None,
-                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                   content_type="application/json")
-        deadline = time.monotonic() + PUBLISH_PATIENCE_S
-        delay = 0.2
-        async with self._window:
-            while True:
-                try:
-                    channel = await self._publisher()
-                    exchange: AbstractExchange
-                    if exchange_name:
-                        exchange = await channel.get_exchange(exchange_name, ensure=False)
-                    else:
-                        exchange = channel.default_exchange
-                    await exchange.publish(message, routing_key, mandatory=mandatory, timeout=30)
-                    return
-                except aio_pika.exceptions.PublishError as exc:
-                    raise BrokerError(
-                        f"RabbitMQ could not route a message to {routing_key!r} "
-                        f"(queue or exchange missing: was job {self.job!r} deleted?)"
-                    ) from exc
-                except RECOVERABLE as exc:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise BrokerError(
-                            f"publishing to {routing_key!r} on {self.name} failed for "
-                            f"{PUBLISH_PATIENCE_S:.0f} s ({short(exc)}); nothing was acked, "
-                            "the work will be redone"
-                        ) from exc
-                    log.debug("publish to %s failed (%s); retrying", routing_key, short(exc))
-                    await asyncio.sleep(min(delay, left))
-                    delay = min(delay * 2, 5.0)
-                    await self._wait_ready(left)
-
-    async def _wait_ready(self, limit_s: float) -> None:
-        channel = self._pub_channel
-        if channel is None:
-            return
-        ready = getattr(channel, "ready", None)
-        if ready is not None:
-            with contextlib.suppress(TimeoutError, *RECOVERABLE):
-                await asyncio.wait_for(ready(), timeout=max(0.1, min(limit_s, 30)))
+        await self._publisher.publish(exchange_name, routing_key, body, headers, mandatory)
 
     async def publish(self, jobs: Sequence[Job]) -> None:
         topology = self.topology
@@ -339,20 +236,15 @@ class RabbitBroker:
                                 {ATTEMPTS: attempts})
 
     async def park_from(self, job: Job, queue: str, reason: Reason) -> None:
-        await self._publish_raw("", self.topology.parked_queue, encode_job(job), {
-            ATTEMPTS: reason.attempts,
-            FROM_QUEUE: queue,
-            REASON: json.dumps(reason.to_dict(), ensure_ascii=True),
-        })
+        await self._publish_raw("", self.topology.parked_queue, encode_job(job),
+                                park_headers(queue, reason))
 
     async def park(self, job: Job, reason: Reason) -> None:
         await self.park_from(job, self.topology.queue_for(job), reason)
 
     async def park_raw(self, body: bytes, queue: str, reason: Reason) -> None:
-        await self._publish_raw("", self.topology.parked_queue, body, {
-            ATTEMPTS: reason.attempts, FROM_QUEUE: queue,
-            REASON: json.dumps(reason.to_dict(), ensure_ascii=True),
-        })
+        await self._publish_raw("", self.topology.parked_queue, body,
+                                park_headers(queue, reason))
 
     # -- consuming ---------------------------------------------------------------------
 
@@ -430,69 +322,19 @@ class RabbitBroker:
 
     async def parked_jobs(self, limit: int = 10_000) -> list[ParkedJob]:
         """Read (and leave in place) up to ``limit`` parked jobs."""
-        topology = self.topology
-        channel = await self._pub_conn.channel()
-        out: list[ParkedJob] = []
-        held: list[AbstractIncomingMessage] = []
-        try:
-            queue = await channel.declare_queue(topology.parked_queue, passive=True)
-            while len(out) < limit:
-                message = await queue.get(no_ack=False, fail=False)
-                if message is None:
-                    break
-                held.append(message)
-                parked = self._parked_of(message)
-                if parked is not None:
-                    out.append(parked)
-        finally:
-            with contextlib.suppress(*RECOVERABLE):
-                await channel.close()  # returns every message read above to the queue
-        return out
+        return await read_parked(self._pub_conn, self.topology, limit)
 
     async def requeue_parked(self, select: Callable[[ParkedJob], bool]) -> int:
         """Put the selected parked jobs back on their work queues, attempts reset."""
-        topology = self.topology
-        channel = await self._pub_conn.channel()
-        moved = 0
-        try:
-            queue = await channel.declare_queue(topology.parked_queue, passive=True)
-            while True:
-                message = await queue.get(no_ack=False, fail=False)
-                if message is None:
-                    break  # the ones not selected stay unacked until the channel closes
-                parked = self._parked_of(message)
-                if parked is None or not select(parked):
-                    continue
-                target = (parked.queue if parked.queue in topology.work_queues
-                          else topology.queue_for(parked.job))
-                await self._publish_raw("", target, encode_job(parked.job), {})
-                await message.ack()  # only once the job is durable on its queue again
-                moved += 1
-        finally:
-            with contextlib.suppress(*RECOVERABLE):
-                await channel.close()
-        return moved
-
-    @staticmethod
-    def _parked_of(message: AbstractIncomingMessage) -> ParkedJob | None:
-        headers = message.headers or {}
-        raw_reason = headers.get(REASON)
-        reason_text = raw_reason.decode() if isinstance(raw_reason, bytes) else raw_reason
-        origin = headers.get(FROM_QUEUE)
-        origin_text = origin.decode() if isinstance(origin, bytes) else str(origin)
-        try:
-            job = decode_job(message.body)
-            reason = Reason.from_dict(json.loads(str(reason_text)))
-        except (ProtocolError, ValueError, TypeError, KeyError):
-            return None
-        return ParkedJob(job, origin_text, reason)
+        return await requeue_parked(self._pub_conn, self.topology, select,
+                                    lambda queue, body: self._publish_raw("", queue, body, {}))
 
     # -- control -----------------------------------------------------------------------
 
     async def broadcast(self, message: dict[str, Any]) -> None:
         try:
-            channel = await self._publisher()
-            exchange = await channel.get_exchange(_control_exchange(self.job), ensure=False)
+            channel = await self._publisher.channel()
+            exchange = await channel.get_exchange(control_exchange(self.job), ensure=False)
             await exchange.publish(aio_pika.Message(json.dumps(message).encode()), "",
                                    mandatory=False, timeout=10)
         except RECOVERABLE as exc:
@@ -504,26 +346,13 @@ class RabbitBroker:
                               lambda: self._subscribe(callback))
 
     async def _subscribe(self, callback: ControlCallback) -> None:
-        await self._subscribe_to(_control_exchange(self.job), callback)
+        await self._subscribe_to(control_exchange(self.job), callback)
 
     async def _subscribe_to(self, exchange: str, callback: ControlCallback,
                             declare: Callable[[], Awaitable[Any]] | None = None) -> None:
         if declare is not None:
             await declare()
-        channel = await self._con_conn.channel()
-        self._channels.append(channel)
-        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
-        await queue.bind(exchange, routing_key="#")
-
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            try:
-                data = json.loads(message.body)
-            except ValueError:
-                return
-            if isinstance(data, dict):
-                callback(data)
-
-        await queue.consume(on_message, no_ack=True)
+        self._channels.append(await subscribe_json(self._con_conn, exchange, callback))
 
     # -- events ------------------------------------------------------------------------
 
@@ -546,7 +375,7 @@ class RabbitBroker:
                                 mandatory=False)
 
     async def _declare_events(self) -> AbstractExchange:
-        channel = await self._publisher()
+        channel = await self._publisher.channel()
         exchange = await channel.declare_exchange(events_exchange(self.job),
                                                   aio_pika.ExchangeType.TOPIC, durable=True)
         self._events_declared = True
@@ -561,22 +390,7 @@ class RabbitBroker:
 
     async def delete_job(self) -> None:
         """Remove every queue and exchange of the job (its queued and parked work too)."""
-        names = [_meta_queue(self.job)]
-        if self._topology is not None:
-            topology = self._topology
-            names += [*topology.pending_queues, topology.parked_queue]
-        channel = await self._pub_conn.channel()
-        try:
-            for name in names:
-                await channel.queue_delete(name)
-            if self._topology is not None:
-                for name in self._topology.retry_queues:
-                    await channel.exchange_delete(name)
-            await channel.exchange_delete(_control_exchange(self.job))
-            await channel.exchange_delete(events_exchange(self.job))
-        finally:
-            with contextlib.suppress(*RECOVERABLE):
-                await channel.close()
+        await delete_job(self._pub_conn, self.job, self._topology)
 
     async def close(self) -> None:
         for task in list(self._tasks):  # the worker drained them; these are stragglers
