@@ -1,8 +1,7 @@
 """The process: consume a job's queues with bounded concurrency and settle every delivery.
 
-The error policy lives here and only here: success acks; a transient error retries through
-the broker's delay tiers until ``max_attempts``, then parks; a permanent error parks at once;
-a fatal error (credentials, disk full) releases the delivery and stops the worker.
+What becomes of a delivery after its handler is the error policy's (``mirror.policy``); a
+fatal error stops the worker.
 """
 
 from __future__ import annotations
@@ -10,25 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from mirror.broker import Broker, Consumer, Delivery, Topology
 from mirror.concurrency import AdaptiveLimit
 from mirror.control import Presence, job_done
 from mirror.controls import Control, learn_from_peers, local, merged
-from mirror.crawl import Context, Outcome, describe, fetch_file, list_dir
+from mirror.crawl import Context, Outcome, fetch_file, list_dir
 from mirror.disk import Placement
-from mirror.errors import (
-    BrokerError,
-    FatalError,
-    MirrorError,
-    PermanentError,
-    RateLimited,
-    TransientError,
-)
-from mirror.events import file_event, finished_event, parked_event
-from mirror.jobs import FetchJob, JobSpec, ListJob, Reason
+from mirror.errors import FatalError, MirrorError
+from mirror.events import finished_event
+from mirror.jobs import FetchJob, JobSpec, ListJob
+from mirror.policy import Policy
 from mirror.ratelimit import UNLIMITED, Limiter
 from mirror.settings import WorkerSettings
 from mirror.sources import Source
@@ -76,6 +68,7 @@ class Worker:
         self.ctx = Context(spec, self.topology, source, broker, placement, settings, self.stats,
                            self.limiter)
         self.fatal: FatalError | None = None
+        self.policy = Policy(broker, spec, self.stats, settings.file_events, self._fatal)
         # Where files are fetched: here, or in child processes (mirror.fetchpool; each
         # file's outcome is settled here as if fetched here). With ``pool_when_needed``
         # (--processes auto) they are used once the job shows enough work to gain from them:
@@ -140,6 +133,10 @@ class Worker:
             self._stop.set()
             self._wake.set()
             self.presence.state = "stopping"
+
+    def _fatal(self, exc: FatalError) -> None:
+        self.fatal = self.fatal or exc
+        self.request_stop(f"fatal: {exc}")
 
     def abort(self) -> None:
         """Stop now: held jobs are given back at once instead of finishing."""
@@ -335,69 +332,9 @@ class Worker:
                     finally:
                         self._fetch_slots.done(moved)
         except asyncio.CancelledError:
-            await asyncio.shield(self._settle(delivery.release()))
+            await asyncio.shield(self.policy.release(delivery))
             raise
         except Exception as exc:
-            await self._settle_error(delivery, exc)
+            await self.policy.failed(delivery, exc)
         else:
-            await self._settle_done(delivery, outcome)
-
-    async def _settle_done(self, delivery: Delivery, outcome: Outcome) -> None:
-        try:
-            job = delivery.job
-            if (outcome in ("fetched", "skipped") and self.settings.file_events
-                    and isinstance(job, FetchJob) and self.broker.events_heard):
-                # Confirmed before the ack: at least once, never lost.
-                await self.broker.publish_event(file_event(outcome, self.spec.name, job))
-        except BrokerError as exc:
-            await self._settle_error(delivery, exc)
-            return
-        await self._settle(delivery.ack())
-
-    async def _settle_error(self, delivery: Delivery, exc: BaseException) -> None:
-        """The error policy: give back, retry, park, or stop."""
-        job = delivery.job
-        if isinstance(exc, BrokerError):
-            log.warning("%s: %s; giving the job back", job.path or "/", exc)
-            await self._settle(delivery.release())
-        elif isinstance(exc, TransientError):
-            await self._retry_or_park(delivery, exc)
-        elif isinstance(exc, PermanentError):
-            await self._park(delivery, exc, delivery.attempts + 1)
-        elif isinstance(exc, FatalError):
-            self.fatal = self.fatal or exc
-            await self._settle(delivery.release())
-            self.request_stop(f"fatal: {exc}")
-        else:  # a bug: keep the job, retry it, park it in the end
-            log.error("internal error on %s", job.path or "/",
-                      exc_info=(type(exc), exc, exc.__traceback__))
-            await self._retry_or_park(delivery, exc)
-
-    async def _retry_or_park(self, delivery: Delivery, exc: BaseException) -> None:
-        attempts = delivery.attempts + 1
-        if attempts >= self.spec.max_attempts:
-            await self._park(delivery, exc, attempts)
-            return
-        delay = self.topology.delay_for_attempt(attempts)
-        if isinstance(exc, RateLimited) and exc.retry_after_s:
-            delay = max(delay, exc.retry_after_s)
-        log.info("%s: %s; retry %d/%d in about %.0fs", delivery.job.path or "/", describe(exc),
-                 attempts, self.spec.max_attempts - 1, delay)
-        self.stats.retry(type(exc).__name__)
-        await self._settle(delivery.retry(delay))
-
-    async def _park(self, delivery: Delivery, exc: BaseException, attempts: int) -> None:
-        reason = Reason.from_error(exc, attempts)
-        log.warning("parked %s: %s", delivery.job.path or "/", describe(exc))
-        self.stats.park(delivery.job.path, reason)
-        with contextlib.suppress(MirrorError):  # parking matters more than telling about it
-            if self.settings.file_events:
-                await self.broker.publish_event(parked_event(self.spec.name, delivery.job, reason))
-        await self._settle(delivery.park(reason))
-
-    async def _settle(self, action: Awaitable[None]) -> None:
-        """Run an ack/retry/park/release; if the broker is gone the job comes back anyway."""
-        try:
-            await action
-        except MirrorError as exc:
-            log.warning("could not settle a delivery (%s); the broker will deliver it again", exc)
+            await self.policy.done(delivery, outcome)

@@ -22,10 +22,8 @@ retried, parked and reported on its own, and the message is acked once all of th
 settled. A crash before that redelivers the whole message: the jobs already done are redone
 cheaply (skipped as current, listed again), at least once as for any message.
 
-The parts, each in a module of its own: the layout declared, read and deleted
-(``rabbit_setup``), confirmed publishing and the fan-out subscriptions (``rabbit_channels``),
-consuming with prefetch counted in jobs (``rabbit_consumer``), the parked queue
-(``rabbit_parked``), what they share (``rabbit_common``).
+Parts: the layout (``rabbit_setup``), publishing and subscriptions (``rabbit_channels``),
+consuming (``rabbit_consumer``), the parked queue (``rabbit_parked``).
 """
 
 from __future__ import annotations
