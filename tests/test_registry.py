@@ -65,6 +65,7 @@ def test_every_backend_is_registered_consistently() -> None:
         assert backend.options.__dataclass_params__.frozen, module
         backend.options()  # its defaults are valid, and each field is declared
         assert all(info.flag.help for info in declared(backend.options)), module
+        assert all(name.isupper() for name in backend.credentials), module
 
 
 def test_backends_never_import_the_registry() -> None:

@@ -18,16 +18,15 @@ from mirror.jobs import JobSpec
 from mirror.ratelimit import RateSettings
 from mirror.runner import WorkOptions
 from mirror.settings import SourceSettings, WorkerSettings, default_state_dir
+from mirror.sources.registry import backends
 
 F = TypeVar("F", bound=Callable[..., Any])
-CREDENTIAL_VARS = ("UPYUN_OPERATOR", "UPYUN_PASSWORD", "AWS_ACCESS_KEY_ID",
-                   "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "ARTIFACTORY_TOKEN")
-
-
 def credentials(ctx: click.Context) -> dict[str, str]:
-    """Credentials from the config file's [credentials] table, overridden by the environment."""
+    """Credentials from the config file's [credentials] table, overridden by the environment
+    variables the backends read (``Backend.credentials``)."""
     found: dict[str, str] = dict(ctx.find_root().meta.get("credentials") or {})
-    found.update({k: os.environ[k] for k in CREDENTIAL_VARS if os.environ.get(k)})
+    names = {name for backend in backends() for name in backend.credentials}
+    found.update({k: os.environ[k] for k in sorted(names) if os.environ.get(k)})
     return found
 
 

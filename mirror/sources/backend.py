@@ -144,6 +144,9 @@ class Backend(Generic[OptionsT]):
     # host's settings (credentials, timeouts); raises ConfigError for a URL it cannot use.
     open: Callable[[str, OptionsT, SourceSettings, Limiter | None], Source]
     separator: str = "://"  # ":" for a scheme whose URLs have no "//" (urls:FILE)
+    # The environment variables it reads credentials from (SourceSettings.credential), never
+    # options: options are stored with the job and shown in messages.
+    credentials: tuple[str, ...] = ()
 
     @property
     def prefixes(self) -> tuple[str, ...]:

@@ -266,7 +266,7 @@ def _entry(item: Any, parent: str, where: str) -> Entry:
 
 
 BACKEND = Backend(schemes=("upyun",), form="upyun://BUCKET/PREFIX", options=UpyunOptions,
-                  open=UpyunSource.from_url)
+                  open=UpyunSource.from_url, credentials=("UPYUN_OPERATOR", "UPYUN_PASSWORD"))
 
 __all__ = ["BACKEND", "LIST_END", "UpyunOptions", "UpyunSource", "parse_listing", "quote_key",
            "sign"]
