@@ -21,6 +21,8 @@ from mirror.settings import SourceSettings, WorkerSettings, default_state_dir
 from mirror.sources.registry import backends
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
 def credentials(ctx: click.Context) -> dict[str, str]:
     """Credentials from the config file's [credentials] table, overridden by the environment
     variables the backends read (``Backend.credentials``)."""
