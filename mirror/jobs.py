@@ -9,12 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from mirror.errors import MirrorError, ProtocolError
 
 SCHEMA_VERSION = 1
+# The job's own description (JobSpec). 1: before each backend had its options (a version 1
+# spec is still read, so a job seeded before an upgrade goes on).
+SPEC_VERSION = 2
 ShardBy = Literal["folder", "path"]
 
 
@@ -108,29 +112,44 @@ class JobSpec:
 
     name: str
     source: str
-    endpoint: str | None = None
+    # The source's backend options (``mirror.sources.backend``) as a JSON object, checked by
+    # the backend's options dataclass when the source is opened.
+    source_options: Mapping[str, Any] = field(default_factory=dict)
     shards: int = 1
     shard_by: ShardBy = "folder"
     retry_delays_s: tuple[float, ...] = (5.0, 60.0, 600.0)
     max_attempts: int = 5
-    list_limit: int = 1000
     created: float = field(default_factory=time.time)
 
     def to_json(self) -> bytes:
         body = asdict(self)
-        body["v"] = SCHEMA_VERSION
+        body["v"] = SPEC_VERSION
         return json.dumps(body, ensure_ascii=False).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> JobSpec:
         try:
             body = json.loads(raw)
-            if body.pop("v", None) != SCHEMA_VERSION:
+            version = body.pop("v", None)
+            if version == 1:
+                body = _spec_of_version_1(body)
+            elif version != SPEC_VERSION:
                 raise ProtocolError("job description has an unknown schema version")
+            if not isinstance(body.get("source_options", {}), dict):
+                raise ProtocolError("job description's source_options is not an object")
             body["retry_delays_s"] = tuple(body["retry_delays_s"])
             return cls(**body)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ProtocolError(f"job description is unreadable: {exc}") from exc
+
+
+def _spec_of_version_1(body: dict[str, Any]) -> dict[str, Any]:
+    """A spec stored before backends declared their options: UpYun's endpoint and page size
+    were fields of every spec, and only upyun:// sources read them."""
+    legacy = {"endpoint": body.pop("endpoint", None), "list_limit": body.pop("list_limit", None)}
+    upyun = str(body.get("source", "")).lower().startswith("upyun:")
+    body["source_options"] = {k: v for k, v in legacy.items() if v is not None and upyun}
+    return body
 
 
 @dataclass(frozen=True)

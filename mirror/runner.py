@@ -21,7 +21,7 @@ from mirror.disk import Disk, Placement
 from mirror.diskpool import disk_pool
 from mirror.errors import ConfigError, FatalError, NotFound
 from mirror.jobs import Job, JobSpec, ListJob
-from mirror.jobsource import source_for
+from mirror.jobsource import options_of, source_for
 from mirror.parking import journal_path, write_journal
 from mirror.progress import Progress, summary
 from mirror.ratelimit import Limiter, RateSettings
@@ -114,11 +114,14 @@ async def seed(broker: Broker, spec: JobSpec, *, force: bool = False,
     except ConfigError:
         existing = None
     if existing is not None:
-        if (existing.source, existing.endpoint) != (spec.source, spec.endpoint):
-            raise ConfigError(
-                f"job {spec.name!r} already mirrors {existing.source}"
-                f"{' via ' + existing.endpoint if existing.endpoint else ''}; choose another --job"
-            )
+        if existing.source != spec.source:
+            raise ConfigError(f"job {spec.name!r} already mirrors {existing.source}; "
+                              "choose another --job")
+        differences = options_of(existing).differences(options_of(spec))
+        if differences:
+            raise ConfigError(f"job {spec.name!r} mirrors {existing.source} with "
+                              f"{', '.join(differences)}; give the job's options or choose "
+                              "another --job")
         if existing.shards != spec.shards:
             raise ConfigError(f"job {spec.name!r} has {existing.shards} shards; its shard count "
                               "cannot change")

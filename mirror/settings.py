@@ -13,15 +13,17 @@ from typing import Literal
 
 Role = Literal["list", "fetch", "all"]
 
-DEFAULT_UPYUN_ENDPOINT = "https://v0.api.upyun.com"
-
 
 @dataclass(frozen=True)
 class SourceSettings:
-    """How to talk to the source. ``env`` carries the credentials (never logged)."""
+    """How this host talks to any source: what every backend shares. ``env`` carries the
+    credentials (never logged).
 
-    endpoint: str | None = None
-    list_limit: int = 1000
+    Not stored with a job: each host has its own. What a backend needs of a job (UpYun's
+    endpoint, its page size...) is that backend's options (``mirror.sources.backend``),
+    stored with the job.
+    """
+
     connect_timeout_s: float = 30.0
     read_timeout_s: float = 120.0  # no byte for this long aborts the request
     request_retries: int = 2  # quick in-process retries before the broker's retry tiers

@@ -47,7 +47,8 @@ async def brokers(request: pytest.FixtureRequest, job_name: str) -> AsyncIterato
 
 
 def spec_of(job: str, **kw: Any) -> JobSpec:
-    return JobSpec(name=job, source="upyun://b/", endpoint="http://127.0.0.1:1",
+    return JobSpec(name=job, source="upyun://b/",
+                   source_options=kw.pop("source_options", {"endpoint": "http://127.0.0.1:1"}),
                    retry_delays_s=kw.pop("retry_delays_s", (0.3, 0.6, 1.0)), **kw)
 
 
@@ -315,7 +316,8 @@ async def test_attach_reads_spec_and_missing_job_is_clear(brokers: Factory,
     if isinstance(b, RabbitBroker):
         with pytest.raises(ConfigError, match="seed it first"):
             await b.attach()
-    spec = spec_of(job_name, shards=3, list_limit=250)
+    spec = spec_of(job_name, shards=3,
+                   source_options={"endpoint": "http://127.0.0.1:1", "list_limit": 250})
     await b.declare(spec)
     other = await brokers()
     assert await other.attach() == spec

@@ -30,6 +30,17 @@ def test_known_keys_load_with_dashes_or_underscores(tmp_path: Path) -> None:
     assert creds == {"UPYUN_PASSWORD": "x"}
 
 
+def test_source_option_keys_are_known_keys(tmp_path: Path) -> None:
+    """Each backend's options (mirror.sources.backend) are keys of the commands given a source
+    URL; a worker takes them from its job, not from its config."""
+    path = write(tmp_path, 'list-limit = 500\n[seed]\nendpoint = "http://upyun.internal"\n')
+    default_map, _ = load_config(path)
+    assert default_map["seed"] == {"list_limit": 500, "endpoint": "http://upyun.internal"}
+    assert default_map["run"] == default_map["ls"] == {"list_limit": 500}
+    with pytest.raises(click.BadParameter, match="\\[work\\] key 'endpoint' is unknown"):
+        load_config(write(tmp_path, '[work]\nendpoint = "http://upyun.internal"\n'))
+
+
 def test_the_shipped_example_loads() -> None:
     default_map, _ = load_config(REPO / "deploy" / "systemd" / "photos.toml.example")
     assert default_map["work"]["cluster_rps"] == 300
@@ -38,6 +49,7 @@ def test_the_shipped_example_loads() -> None:
 @pytest.mark.parametrize(("text", "named", "suggested"), [
     ("[work]\nconcurency = 4\n", "[work] key 'concurency'", "'concurrency'"),
     ("list_limt = 10\n", "key 'list_limt'", "'list-limit'"),
+    ("[run]\nendpont = 'http://x'\n", "[run] key 'endpont'", "'endpoint'"),
     ("[wrok]\nconcurrency = 4\n", "table 'wrok'", "'work'"),
     # A key of another command is unknown in this one's table.
     ("[ls]\ndisks = []\n", "[ls] key 'disks'", None),

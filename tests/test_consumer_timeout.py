@@ -40,9 +40,9 @@ async def test_download_longer_than_consumer_timeout(tmp_path: Path, rabbit_avai
     try:
         async with FakeUpyun(root, bucket=BUCKET, operator=OPERATOR, password=PASSWORD,
                              faults=Faults(body_rate_bps=RATE)) as fake:
-            spec = JobSpec(name="slow", source=f"upyun://{BUCKET}/", endpoint=fake.url,
-                           retry_delays_s=(1.0, 2.0))
-            settings = SourceSettings(endpoint=fake.url, env=CREDENTIALS, read_timeout_s=30)
+            spec = JobSpec(name="slow", source=f"upyun://{BUCKET}/",
+                           source_options={"endpoint": fake.url}, retry_delays_s=(1.0, 2.0))
+            settings = SourceSettings(env=CREDENTIALS, read_timeout_s=30)
             worker = WorkerSettings(concurrency=2, min_rate_bps=1000, stall_window_s=30)
             with caplog.at_level("WARNING"):
                 outcome = await run_job(spec, dest, node.url, settings,

@@ -20,8 +20,8 @@ from mirror.disk import Disk
 from mirror.errors import SourceUnavailable, Stalled
 from mirror.ratelimit import Limiter, RateSettings
 from mirror.settings import SourceSettings
-from mirror.sources import open_source
 from mirror.sources.direct import DirectBody
+from mirror.sources.registry import open_source
 from mirror.sources.transport import direct_copy
 from mirror.testing.nginx import Nginx
 from tests.test_cli import mirror_cmd

@@ -37,12 +37,12 @@ async def mirror_bucket(bucket: BucketInfo, dest: Path, state: Path, job: str,
     faulted = faults != Faults()
     async with FakeUpyun(bucket.root, bucket=BUCKET, operator=OPERATOR, password=PASSWORD,
                          faults=faults) as fake:
-        spec = JobSpec(name=job, source=f"upyun://{BUCKET}/", endpoint=fake.url, list_limit=100,
+        spec = JobSpec(name=job, source=f"upyun://{BUCKET}/",
+                       source_options={"endpoint": fake.url, "list_limit": 100},
                        retry_delays_s=(0.2, 0.5, 1.0), max_attempts=5)
         # With faults, no quick in-process retries: every fault goes through the broker's
         # retry tiers, the path this test is about.
-        settings = SourceSettings(endpoint=fake.url, list_limit=100, env=CREDENTIALS,
-                                  request_retries=0 if faulted else 2)
+        settings = SourceSettings(env=CREDENTIALS, request_retries=0 if faulted else 2)
         # The fake answers a fixed share of requests 429/503 whatever the rate: the adaptive
         # rate and concurrency (on, as by default) must see that it is not the rate's doing.
         worker = WorkerSettings(resume_retries=0 if faulted else 2)

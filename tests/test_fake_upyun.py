@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 
 from mirror.errors import CredentialsRejected, NotFound, TransientError
 from mirror.settings import SourceSettings
-from mirror.sources.upyun import LIST_END, UpyunSource, quote_key, sign
+from mirror.sources.upyun import LIST_END, UpyunOptions, UpyunSource, quote_key, sign
 from mirror.testing.fake_upyun import FakeUpyun, Faults
 
 from .conftest import BUCKET, CREDENTIALS, OPERATOR, PASSWORD
@@ -71,8 +71,8 @@ async def call(fake: FakeUpyun, method: str, key: str, query: str = "",
 
 
 def source(fake: FakeUpyun, limit: int = 100, retries: int = 0) -> UpyunSource:
-    return UpyunSource.from_url(f"upyun://{BUCKET}/", SourceSettings(
-        endpoint=fake.url, list_limit=limit, env=CREDENTIALS, request_retries=retries))
+    return UpyunSource.from_url(f"upyun://{BUCKET}/", UpyunOptions(fake.url, limit),
+                                SourceSettings(env=CREDENTIALS, request_retries=retries))
 
 
 async def test_auth_failures_carry_the_documented_codes(fake: FakeUpyun) -> None:
@@ -92,8 +92,8 @@ async def test_auth_failures_carry_the_documented_codes(fake: FakeUpyun) -> None
     status, _, _ = await call(fake, "GET", "big.bin", headers={"Authorization": f"Basic {basic}"})
     assert status == 200
     src = source(fake)
-    src_bad = UpyunSource.from_url(f"upyun://{BUCKET}/", SourceSettings(
-        endpoint=fake.url, env={**CREDENTIALS, "UPYUN_PASSWORD": "nope"}))
+    src_bad = UpyunSource.from_url(f"upyun://{BUCKET}/", UpyunOptions(fake.url), SourceSettings(
+        env={**CREDENTIALS, "UPYUN_PASSWORD": "nope"}))
     try:
         assert (await src.stat("big.bin")).size == 100_000
         with pytest.raises(CredentialsRejected):

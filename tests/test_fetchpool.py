@@ -102,8 +102,8 @@ async def test_the_end_of_a_job_is_seen_without_polling(small_bucket: BucketInfo
     async with FakeUpyun(small_bucket.root, bucket=BUCKET, operator=OPERATOR,
                          password=PASSWORD) as fake:
         spec = JobSpec(name=f"end-{processes}", source=f"upyun://{BUCKET}/",
-                       endpoint=fake.url, list_limit=100)
-        settings = SourceSettings(endpoint=fake.url, list_limit=100, env=CREDENTIALS)
+                       source_options={"endpoint": fake.url, "list_limit": 100})
+        settings = SourceSettings(env=CREDENTIALS)
         worker = WorkerSettings(concurrency=8, idle_poll_s=3600, fsync=False)
         outcome = await asyncio.wait_for(run_job(
             spec, dest, None, settings, WorkOptions(worker, processes=processes),

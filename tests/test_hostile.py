@@ -36,10 +36,10 @@ async def mirror(root: Path, tmp: Path, setup: Callable[[FakeUpyun], None], proc
     dest, state = tmp / "dest", tmp / "state"
     async with FakeUpyun(root, bucket=BUCKET, operator=OPERATOR, password=PASSWORD) as fake:
         setup(fake)
-        spec = JobSpec(name="hostile", source=f"upyun://{BUCKET}/", endpoint=fake.url,
-                       retry_delays_s=(0.1, 0.2), max_attempts=3, list_limit=100)
-        settings = SourceSettings(endpoint=fake.url, env=CREDENTIALS, request_retries=0,
-                                  list_limit=100)
+        spec = JobSpec(name="hostile", source=f"upyun://{BUCKET}/",
+                       source_options={"endpoint": fake.url, "list_limit": 100},
+                       retry_delays_s=(0.1, 0.2), max_attempts=3)
+        settings = SourceSettings(env=CREDENTIALS, request_retries=0)
         worker = WorkerSettings(concurrency=4, resume_retries=0)
         outcome = await run_job(spec, dest, None, settings,
                                 WorkOptions(worker, processes=processes), state)

@@ -17,8 +17,8 @@ from aiohttp import web
 
 from mirror.errors import ProtocolError, TransientError
 from mirror.settings import SourceSettings
-from mirror.sources import open_source
 from mirror.sources.httpindex import child_name, parse_html_index, parse_json_index
+from mirror.sources.registry import open_source
 from mirror.testing.compare import tree_differences
 from mirror.testing.nginx import Nginx, find_nginx
 from mirror.testing.rabbit_node import free_port

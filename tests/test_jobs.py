@@ -1,12 +1,29 @@
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mirror import runner
 from mirror.broker import Topology
-from mirror.errors import ProtocolError
-from mirror.jobs import FetchJob, JobSpec, ListJob, Reason, decode_job, encode_job, shard_of
+from mirror.broker.memory import MemoryBroker
+from mirror.errors import ConfigError, ProtocolError
+from mirror.jobs import (
+    SPEC_VERSION,
+    FetchJob,
+    JobSpec,
+    ListJob,
+    Reason,
+    decode_job,
+    encode_job,
+    shard_of,
+)
+from mirror.jobsource import options_of
+from mirror.sources.httpindex import HttpIndexOptions
+from mirror.sources.upyun import UpyunOptions
 
 paths = st.text(min_size=0, max_size=80).map(lambda s: s.replace("\x00", ""))
 
@@ -69,9 +86,60 @@ def test_topology_names_and_tiers() -> None:
 
 
 def test_spec_and_reason_round_trip() -> None:
-    spec = JobSpec(name="j", source="upyun://b/p", endpoint="http://127.0.0.1:1", shards=2)
+    spec = JobSpec(name="j", source="upyun://b/p", shards=2,
+                   source_options={"endpoint": "http://127.0.0.1:1", "list_limit": 10})
     assert JobSpec.from_json(spec.to_json()) == spec
     with pytest.raises(ProtocolError):
         JobSpec.from_json(b'{"v": 1}')
     reason = Reason.from_error(ProtocolError("bad"), attempts=2)
     assert Reason.from_dict(reason.to_dict()) == reason
+
+
+def test_a_spec_carries_its_source_options_through_json() -> None:
+    spec = JobSpec(name="j", source="upyun://b/",
+                   source_options={"endpoint": "http://127.0.0.1:1", "list_limit": 10})
+    body = json.loads(spec.to_json())
+    assert body["v"] == SPEC_VERSION and "endpoint" not in body and "list_limit" not in body
+    assert body["source_options"] == {"endpoint": "http://127.0.0.1:1", "list_limit": 10}
+    back = JobSpec.from_json(spec.to_json())
+    assert back == spec and options_of(back) == UpyunOptions("http://127.0.0.1:1", 10)
+    for bad in ({**body, "source_options": [1]}, {**body, "v": SPEC_VERSION + 1}):
+        with pytest.raises(ProtocolError):
+            JobSpec.from_json(json.dumps(bad).encode())
+
+
+# As version 1 stored it (before backends had their own options), on a broker or in a
+# state directory's last-run record.
+OLD_SPEC = {"name": "old", "source": "upyun://b/p", "endpoint": "http://127.0.0.1:1",
+            "shards": 2, "shard_by": "folder", "retry_delays_s": [5.0, 60.0, 600.0],
+            "max_attempts": 5, "list_limit": 250, "created": 1700000000.0, "v": 1}
+
+
+def test_a_spec_stored_by_the_previous_version_still_loads() -> None:
+    spec = JobSpec.from_json(json.dumps(OLD_SPEC).encode())
+    assert spec.source_options == {"endpoint": "http://127.0.0.1:1", "list_limit": 250}
+    assert (spec.shards, spec.retry_delays_s, spec.created) == (2, (5.0, 60.0, 600.0), 1.7e9)
+    assert JobSpec.from_json(spec.to_json()) == spec  # and is stored anew as version 2
+    # Its endpoint was None when the default was meant; other sources ignored both fields.
+    default = JobSpec.from_json(json.dumps({**OLD_SPEC, "endpoint": None}).encode())
+    assert options_of(default) == UpyunOptions(list_limit=250)
+    assert options_of(default).endpoint == "https://v0.api.upyun.com"
+    http = JobSpec.from_json(json.dumps({**OLD_SPEC, "source": "http://h/p/"}).encode())
+    assert http.source_options == {} and options_of(http) == HttpIndexOptions()
+
+
+async def test_a_job_resumes_only_with_its_source_and_options() -> None:
+    broker = MemoryBroker()
+    old = JobSpec.from_json(json.dumps({**OLD_SPEC, "endpoint": None, "list_limit": 1000})
+                            .encode())
+    await broker.declare(old)
+    # The same options, all stated (as the command line now states them): the same job.
+    same = JobSpec(name="old", source="upyun://b/p", shards=2,
+                   source_options=UpyunOptions().to_dict())
+    assert (await runner.seed(broker, same))[0] == old
+    with pytest.raises(ConfigError, match="already mirrors upyun://b/p; choose another"):
+        await runner.seed(broker, replace(same, source="upyun://b/q"))
+    other = replace(same, source_options={"endpoint": "http://elsewhere"})
+    with pytest.raises(ConfigError, match="with --endpoint https://v0.api.upyun.com "
+                                          r"\(not http://elsewhere\)"):
+        await runner.seed(broker, other)

@@ -78,10 +78,10 @@ async def mirror_with_readings(tmp_path: Path, files: int, max_backlog: int,
     synthetic = SyntheticBucket(files, per_folder=300, max_size=2000, seed=5)
     async with FakeUpyun(tmp_path, bucket=BUCKET, operator=OPERATOR, password=PASSWORD,
                          synthetic=synthetic, faults=Faults(latency_s=0.01)) as fake:
-        spec = JobSpec(name=job, source=f"upyun://{BUCKET}/", endpoint=fake.url,
-                       list_limit=50)
+        spec = JobSpec(name=job, source=f"upyun://{BUCKET}/",
+                       source_options={"endpoint": fake.url, "list_limit": 50})
         broker = await runner.connect_broker(broker_url, job)
-        source = runner.source_for(spec, SourceSettings(endpoint=fake.url, env=CREDENTIALS))
+        source = runner.source_for(spec, SourceSettings(env=CREDENTIALS))
         (tmp_path / "dest").mkdir()
         disk = Disk(tmp_path / "dest", fsync=False)
         worker = Worker(broker, spec, source, Placement.single(disk, spec.shards),
@@ -191,12 +191,11 @@ async def test_live_view_leaves_no_frame_above_the_summary(tmp_path: Path,
     try:
         async with FakeUpyun(small_bucket.root, bucket=BUCKET, operator=OPERATOR,
                              password=PASSWORD, faults=Faults(latency_s=0.02)) as fake:
-            spec = JobSpec(name="live", source=f"upyun://{BUCKET}/", endpoint=fake.url,
-                           list_limit=10)
+            spec = JobSpec(name="live", source=f"upyun://{BUCKET}/",
+                           source_options={"endpoint": fake.url, "list_limit": 10})
             broker = MemoryBroker()
             await runner.seed(broker, spec)
-            source = runner.source_for(spec, SourceSettings(endpoint=fake.url,
-                                                            env=CREDENTIALS))
+            source = runner.source_for(spec, SourceSettings(env=CREDENTIALS))
             stats = Stats()
             (tmp_path / "dest").mkdir()
             disk = Disk(tmp_path / "dest", fsync=False)

@@ -43,10 +43,11 @@ async def test_adaptive_rate_settles_under_the_source_limit(tmp_path: Path) -> N
     synthetic = SyntheticBucket(2000, per_folder=500, max_size=200, seed=4)
     async with FakeUpyun(tmp_path, bucket=BUCKET, operator=OPERATOR, password=PASSWORD,
                          synthetic=synthetic, faults=Faults(rate_limit_rps=limit)) as fake:
-        spec = JobSpec(name="rate", source=f"upyun://{BUCKET}/", endpoint=fake.url,
-                       retry_delays_s=(1.0, 2.0, 4.0), max_attempts=8)
+        spec = JobSpec(name="rate", source=f"upyun://{BUCKET}/",
+                       source_options={"endpoint": fake.url}, retry_delays_s=(1.0, 2.0, 4.0),
+                       max_attempts=8)
         outcome = await run_job(spec, tmp_path / "dest", None,
-                                SourceSettings(endpoint=fake.url, env=CREDENTIALS),
+                                SourceSettings(env=CREDENTIALS),
                                 WorkOptions(WorkerSettings(fsync=False)), tmp_path / "state")
         timeline = list(fake.stats.timeline)
     assert outcome.exit_code == 0 and outcome.stats.fetched == 2000
@@ -109,10 +110,11 @@ async def test_bwlimit_holds_the_transfer_rate(tmp_path: Path) -> None:
     (root / "big.bin").write_bytes(os.urandom(size))
     rate = 2 * 1024 * 1024
     async with FakeUpyun(root, bucket=BUCKET, operator=OPERATOR, password=PASSWORD) as fake:
-        spec = JobSpec(name="bw", source=f"upyun://{BUCKET}/", endpoint=fake.url)
+        spec = JobSpec(name="bw", source=f"upyun://{BUCKET}/",
+                       source_options={"endpoint": fake.url})
         started = time.monotonic()
         outcome = await run_job(spec, tmp_path / "dest", None,
-                                SourceSettings(endpoint=fake.url, env=CREDENTIALS),
+                                SourceSettings(env=CREDENTIALS),
                                 WorkOptions(WorkerSettings(fsync=False),
                                             rates=RateSettings(bwlimit_bps=rate)),
                                 tmp_path / "state")

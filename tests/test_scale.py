@@ -126,10 +126,9 @@ async def test_two_jobs_on_one_broker_stay_apart(small_bucket: BucketInfo, tmp_p
                 FakeUpyun(tmp_path, bucket=BUCKET, operator=OPERATOR, password=PASSWORD,
                           synthetic=synthetic) as made_up:
             outcomes = await asyncio.gather(*(
-                run_job(JobSpec(name=job, source=f"upyun://{BUCKET}/", endpoint=fake.url,
-                                list_limit=100),
-                        tmp_path / job, rabbit_url,
-                        SourceSettings(endpoint=fake.url, env=CREDENTIALS, list_limit=100),
+                run_job(JobSpec(name=job, source=f"upyun://{BUCKET}/",
+                                source_options={"endpoint": fake.url, "list_limit": 100}),
+                        tmp_path / job, rabbit_url, SourceSettings(env=CREDENTIALS),
                         WorkOptions(WorkerSettings(concurrency=8, fsync=False)),
                         tmp_path / "state")
                 for job, fake in zip(jobs, (real, made_up), strict=True)))
@@ -154,11 +153,11 @@ async def test_backlog_stays_bounded(tmp_path: Path, rabbit_url: str, job_name: 
     try:
         async with FakeUpyun(tmp_path, bucket=BUCKET, operator=OPERATOR, password=PASSWORD,
                              synthetic=synthetic, faults=Faults(latency_s=0.002)) as fake:
-            spec = JobSpec(name=job_name, source=f"upyun://{BUCKET}/", endpoint=fake.url,
-                           list_limit=page)
+            spec = JobSpec(name=job_name, source=f"upyun://{BUCKET}/",
+                           source_options={"endpoint": fake.url, "list_limit": page})
             run = asyncio.create_task(run_job(
                 spec, tmp_path / "dest", rabbit_url,
-                SourceSettings(endpoint=fake.url, env=CREDENTIALS, list_limit=page),
+                SourceSettings(env=CREDENTIALS),
                 # One file a message, so that the queue depth counts files.
                 WorkOptions(WorkerSettings(concurrency=4, list_concurrency=4, fsync=False,
                                            max_backlog=limit, batch_files=1)),

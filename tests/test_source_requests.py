@@ -15,14 +15,15 @@ from mirror.ratelimit import Limiter, RateSettings
 from mirror.settings import SourceSettings
 from mirror.sources.httpindex import HttpIndexSource
 from mirror.sources.transport import Request, Transport
-from mirror.sources.upyun import LIST_END, UpyunSource, sign
+from mirror.sources.upyun import LIST_END, UpyunOptions, UpyunSource, sign
 from mirror.testing.mock_transport import MockResponse, MockTransport
 
-SETTINGS = SourceSettings(endpoint="http://upyun.test", list_limit=2, request_retries=0)
+SETTINGS = SourceSettings(request_retries=0)
+UPYUN = UpyunOptions(endpoint="http://upyun.test", list_limit=2)
 
 
 def upyun(wire: MockTransport, limiter: Limiter | None = None) -> UpyunSource:
-    return UpyunSource("bkt", "pre", "op", "pw", SETTINGS, limiter,
+    return UpyunSource("bkt", "pre", "op", "pw", SETTINGS, limiter, options=UPYUN,
                        transport=Transport(SETTINGS, limiter, wire))
 
 

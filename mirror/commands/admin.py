@@ -22,12 +22,12 @@ from mirror.commands.options import (
     make_source_settings,
     make_work_options,
     make_worker_settings,
-    source_options,
     start_logging,
     state_dir_of,
     state_option,
     worker_options,
 )
+from mirror.commands.sourceflags import connection_options
 from mirror.errors import ConfigError
 from mirror.parking import group, journal_path, read_journal, reason_label, reason_matches
 
@@ -92,7 +92,7 @@ def failures(ctx: click.Context, /, job_name: str, broker: str | None, state_dir
 @click.option("--reason", "reasons", multiple=True, metavar="R",
               help="Only jobs parked for R: an error class (NotFound), an HTTP status (404) or "
                    "a source code (40400001). Repeatable; default: all.")
-@source_options
+@connection_options
 @worker_options
 @click.pass_context
 def retry(ctx: click.Context, /, job_name: str, broker: str | None, reasons: tuple[str, ...],

@@ -16,11 +16,11 @@ from mirror.commands.options import (
     make_spec,
     make_work_options,
     make_worker_settings,
-    source_options,
     start_logging,
     state_dir_of,
     worker_options,
 )
+from mirror.commands.sourceflags import connection_options, source_options
 from mirror.disk import Placement
 from mirror.diskpool import disk_pool
 from mirror.jobsource import source_for
@@ -51,7 +51,7 @@ def run(ctx: click.Context, /, source: str, dest: Path, broker: str | None, job_
     start_logging(ctx, live)
     name = runner.check_job_name(job_name or runner.default_job_name(
         source, dest.resolve() if broker is None else None))
-    spec = make_spec(name, source, o)
+    spec = make_spec(ctx, name, source, o)
     options = make_work_options(o, make_worker_settings(o), until_idle=True, live=live)
     with runner.forked_fetchers(options) as forked:
         outcome = run_async(runner.run_job(spec, dest, broker, make_source_settings(ctx, o),
@@ -76,7 +76,7 @@ def seed(ctx: click.Context, /, source: str, job_name: str, broker: str, force: 
     still has pending work only resumes it (unless --force).
     """
     start_logging(ctx, False)
-    spec = make_spec(runner.check_job_name(job_name), source, o)
+    spec = make_spec(ctx, runner.check_job_name(job_name), source, o)
 
     async def go() -> str:
         src = source_for(spec, make_source_settings(ctx, o))
@@ -107,15 +107,16 @@ def seed(ctx: click.Context, /, source: str, job_name: str, broker: str, force: 
 @click.option("--until-idle", is_flag=True,
               help="Exit once the whole job is done (not when this worker's queue is "
                    "momentarily empty).")
-@source_options
+@connection_options
 @worker_options
 @click.pass_context
 def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path | None,
          disks: tuple[str, ...], role: str, until_idle: bool, **o: Any) -> int:
     """Work job NAME: list and/or fetch until stopped (or, with --until-idle, until done).
 
-    The job's source, endpoint, shards and retry tiers come from the broker; this host only
-    needs the credentials in its environment. A fetching worker needs --dest or --disk.
+    The job's source and its options (UpYun's endpoint...), shards and retry tiers come from
+    the broker; this host only needs the credentials in its environment. A fetching worker
+    needs --dest or --disk.
     """
     live = live_progress(o, ctx)
     start_logging(ctx, live)

@@ -13,20 +13,22 @@ from typing import Any, TypeVar
 
 import click
 
+from mirror.commands.sourceflags import chosen_options
 from mirror.jobs import JobSpec
 from mirror.ratelimit import RateSettings
 from mirror.runner import WorkOptions
 from mirror.settings import SourceSettings, WorkerSettings, default_state_dir
+from mirror.sources.registry import backends
 
 F = TypeVar("F", bound=Callable[..., Any])
-CREDENTIAL_VARS = ("UPYUN_OPERATOR", "UPYUN_PASSWORD", "AWS_ACCESS_KEY_ID",
-                   "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "ARTIFACTORY_TOKEN")
 
 
 def credentials(ctx: click.Context) -> dict[str, str]:
-    """Credentials from the config file's [credentials] table, overridden by the environment."""
+    """Credentials from the config file's [credentials] table, overridden by the environment
+    variables the backends read (``Backend.credentials``)."""
     found: dict[str, str] = dict(ctx.find_root().meta.get("credentials") or {})
-    found.update({k: os.environ[k] for k in CREDENTIAL_VARS if os.environ.get(k)})
+    names = {name for backend in backends() for name in backend.credentials}
+    found.update({k: os.environ[k] for k in sorted(names) if os.environ.get(k)})
     return found
 
 
@@ -99,27 +101,6 @@ class ProcessesType(click.ParamType[int]):
 
 
 PROCESSES = ProcessesType()
-
-
-def source_options(f: F) -> F:
-    options = [
-        click.option("--endpoint", envvar="MIRROR_ENDPOINT", metavar="URL",
-                     help="Source API endpoint (UpYun default https://v0.api.upyun.com)."),
-        click.option("--list-limit", type=click.IntRange(1, 10000), default=1000,
-                     envvar="MIRROR_LIST_LIMIT", show_default=True,
-                     help="Entries per listing page."),
-        click.option("--connect-timeout", type=click.FloatRange(0.1), default=30.0,
-                     envvar="MIRROR_CONNECT_TIMEOUT", show_default=True, metavar="S"),
-        click.option("--timeout", type=click.FloatRange(0.1), default=120.0,
-                     envvar="MIRROR_TIMEOUT", show_default=True, metavar="S",
-                     help="Abort a request that delivers no byte for this long."),
-        click.option("--request-retries", type=click.IntRange(0, 20), default=2,
-                     envvar="MIRROR_REQUEST_RETRIES", show_default=True,
-                     help="Quick in-process retries before the broker's retry tiers."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
 
 
 def worker_options(f: F) -> F:
@@ -241,7 +222,6 @@ def parse_delays(text: str) -> tuple[float, ...]:
 def make_source_settings(ctx: click.Context, o: Mapping[str, Any]) -> SourceSettings:
     w = make_worker_settings(o) if "checksum" in o else WorkerSettings()
     return SourceSettings(
-        endpoint=o.get("endpoint"), list_limit=o.get("list_limit", 1000),
         connect_timeout_s=o.get("connect_timeout", 30.0), read_timeout_s=o.get("timeout", 120.0),
         request_retries=o.get("request_retries", 2),
         max_connections=max(64, w.most_transfers + w.most_listings + 8),
@@ -297,11 +277,11 @@ def make_rate_settings(o: Mapping[str, Any]) -> RateSettings:
                         adaptive=o.get("adaptive", True))
 
 
-def make_spec(name: str, source: str, o: Mapping[str, Any]) -> JobSpec:
-    return JobSpec(name=name, source=source, endpoint=o.get("endpoint"),
+def make_spec(ctx: click.Context, name: str, source: str, o: Mapping[str, Any]) -> JobSpec:
+    return JobSpec(name=name, source=source, source_options=chosen_options(ctx, source, o),
                    retry_delays_s=parse_delays(o["retry_delays"]),
-                   max_attempts=o["max_attempts"], list_limit=o["list_limit"],
-                   shards=o.get("shards", 1), shard_by=o.get("shard_by", "folder"))
+                   max_attempts=o["max_attempts"], shards=o.get("shards", 1),
+                   shard_by=o.get("shard_by", "folder"))
 
 
 def live_progress(o: Mapping[str, Any], ctx: click.Context) -> bool:

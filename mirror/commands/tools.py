@@ -17,16 +17,16 @@ from mirror.commands.options import (
     live_progress,
     make_source_settings,
     make_worker_settings,
-    source_options,
     start_logging,
     state_dir_of,
     worker_options,
 )
+from mirror.commands.sourceflags import chosen_options, source_options
 from mirror.errors import ConfigError
 from mirror.jobs import JobSpec
 from mirror.progress import human_bytes
 from mirror.settings import SourceSettings
-from mirror.sources import open_source
+from mirror.sources.registry import open_source
 
 DEMO_OPERATOR, DEMO_PASSWORD, DEMO_BUCKET = "demo", "demo-password", "demo"
 
@@ -68,10 +68,11 @@ def demo(ctx: click.Context, /, dest: Path, files: int, fresh: bool, **o: Any) -
         async with FakeUpyun(bucket / "data", bucket=DEMO_BUCKET, operator=DEMO_OPERATOR,
                              password=DEMO_PASSWORD) as fake:
             click.echo(f"fake UpYun serving bucket {DEMO_BUCKET!r} at {fake.url}")
-            settings = SourceSettings(endpoint=fake.url, list_limit=100, env={
-                "UPYUN_OPERATOR": DEMO_OPERATOR, "UPYUN_PASSWORD": DEMO_PASSWORD})
-            spec = JobSpec(name="demo", source=f"upyun://{DEMO_BUCKET}/", endpoint=fake.url,
-                           list_limit=100, retry_delays_s=(0.5, 2.0, 5.0))
+            settings = SourceSettings(env={"UPYUN_OPERATOR": DEMO_OPERATOR,
+                                           "UPYUN_PASSWORD": DEMO_PASSWORD})
+            spec = JobSpec(name="demo", source=f"upyun://{DEMO_BUCKET}/",
+                           source_options={"endpoint": fake.url, "list_limit": 100},
+                           retry_delays_s=(0.5, 2.0, 5.0))
             options = runner.WorkOptions(make_worker_settings(o), until_idle=True,
                                          live_progress=live)
             return await runner.run_job(spec, dest, None, settings, options, state)
@@ -98,9 +99,10 @@ def ls(ctx: click.Context, /, source: str, recursive: bool, long_format: bool, *
     """List SOURCE (e.g. upyun://bucket/path), one entry per line; folders end with '/'."""
     start_logging(ctx, False)
     settings = make_source_settings(ctx, o)
+    options = chosen_options(ctx, source, o)
 
     async def go() -> int:
-        src = open_source(source, settings)
+        src = open_source(source, settings, options=options)
         try:
             folders = [""]
             while folders:

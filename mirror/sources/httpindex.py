@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
@@ -31,7 +32,8 @@ from mirror.errors import (
 )
 from mirror.ratelimit import Budget, Limiter
 from mirror.settings import SourceSettings
-from mirror.sources import Entry, Page
+from mirror.sources.backend import Backend, SourceOptions
+from mirror.sources.base import Entry, Page
 from mirror.sources.httpclient import (
     HttpSource,
     status_detail,
@@ -182,6 +184,11 @@ def parse_html_index(raw: bytes, path: str, folder_url: str,
     return out
 
 
+@dataclass(frozen=True)
+class HttpIndexOptions(SourceOptions):
+    """None yet: a folder's URL says all there is to say."""
+
+
 class HttpIndexSource(HttpSource):
     def __init__(self, url: str, settings: SourceSettings,
                  limiter: Limiter | None = None, *, transport: Transport | None = None) -> None:
@@ -195,7 +202,7 @@ class HttpIndexSource(HttpSource):
         super().__init__(settings, limiter, transport)
 
     @classmethod
-    def from_url(cls, url: str, settings: SourceSettings,
+    def from_url(cls, url: str, options: HttpIndexOptions, settings: SourceSettings,
                  limiter: Limiter | None = None) -> HttpIndexSource:
         return cls(url, settings, limiter)
 
@@ -329,4 +336,8 @@ class HttpIndexSource(HttpSource):
             resp.release()
 
 
-__all__ = ["HttpIndexSource", "child_name", "parse_html_index", "parse_json_index"]
+BACKEND = Backend(schemes=("http", "https"), form="http(s)://HOST/PATH/",
+                  options=HttpIndexOptions, open=HttpIndexSource.from_url)
+
+__all__ = ["BACKEND", "HttpIndexOptions", "HttpIndexSource", "child_name", "parse_html_index",
+           "parse_json_index"]

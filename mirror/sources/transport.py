@@ -31,7 +31,7 @@ from mirror.errors import ProtocolError
 from mirror.ratecontrol import Pushback
 from mirror.ratelimit import UNLIMITED, Budget, Limiter
 from mirror.settings import SourceSettings
-from mirror.sources import Body
+from mirror.sources.base import Body
 from mirror.sources.direct import DirectBody
 from mirror.sources.lean import LeanClient
 

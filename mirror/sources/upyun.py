@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -29,8 +30,9 @@ from mirror.errors import (
     ProtocolError,
 )
 from mirror.ratelimit import Budget, Limiter
-from mirror.settings import DEFAULT_UPYUN_ENDPOINT, SourceSettings
-from mirror.sources import Entry, Page
+from mirror.settings import SourceSettings
+from mirror.sources.backend import Backend, SourceOptions, option
+from mirror.sources.base import Entry, Page
 from mirror.sources.httpclient import (
     HttpSource,
     status_detail,
@@ -58,15 +60,21 @@ def quote_key(bucket: str, key: str) -> str:
     return quote(f"/{bucket}/{key}", safe="/~")
 
 
+@dataclass(frozen=True)
+class UpyunOptions(SourceOptions):
+    endpoint: str = option("https://v0.api.upyun.com", "UpYun API endpoint.", metavar="URL")
+    list_limit: int = option(1000, "Entries per listing page (UpYun x-list-limit).", min=1,
+                             max=MAX_LIST_LIMIT)
+
+
 class UpyunSource(HttpSource):
-    def __init__(self, bucket: str, prefix: str, operator: str, password: str,
-                 settings: SourceSettings, limiter: Limiter | None = None, *,
-                 transport: Transport | None = None) -> None:
-        endpoint = (settings.endpoint or DEFAULT_UPYUN_ENDPOINT).rstrip("/")
+    def __init__(self, bucket: str, prefix: str, operator: str,  # noqa: PLR0913  (a bucket and its credentials, then what every source takes)
+                 password: str, settings: SourceSettings, limiter: Limiter | None = None, *,
+                 options: UpyunOptions | None = None, transport: Transport | None = None) -> None:
+        self._options = options or UpyunOptions()
+        endpoint = self._options.endpoint.rstrip("/")
         if urlsplit(endpoint).scheme not in ("http", "https"):
             raise ConfigError(f"--endpoint must be an http(s) URL, got {endpoint!r}")
-        if not 1 <= settings.list_limit <= MAX_LIST_LIMIT:
-            raise ConfigError(f"list limit must be 1..{MAX_LIST_LIMIT}, got {settings.list_limit}")
         self.name = f"upyun://{bucket}/{prefix}"
         self._bucket = bucket
         self._prefix = prefix
@@ -76,7 +84,7 @@ class UpyunSource(HttpSource):
         super().__init__(settings, limiter, transport)
 
     @classmethod
-    def from_url(cls, url: str, settings: SourceSettings,
+    def from_url(cls, url: str, options: UpyunOptions, settings: SourceSettings,
                  limiter: Limiter | None = None) -> UpyunSource:
         rest = url.split("://", 1)[1]
         bucket, _, prefix = rest.partition("/")
@@ -89,7 +97,8 @@ class UpyunSource(HttpSource):
                 "UpYun credentials missing: set UPYUN_OPERATOR and UPYUN_PASSWORD "
                 "in the environment (or the config file)"
             )
-        return cls(bucket, prefix.strip("/"), operator, password, settings, limiter)
+        return cls(bucket, prefix.strip("/"), operator, password, settings, limiter,
+                   options=options)
 
     def _key(self, path: str) -> str:
         return "/".join(p for p in (self._prefix, path) if p)
@@ -153,7 +162,7 @@ class UpyunSource(HttpSource):
         what = f"list {path or '/'}"
         extra = {
             "Accept": "application/json",
-            "x-list-limit": str(self._settings.list_limit),
+            "x-list-limit": str(self._options.list_limit),
             "X-UpYun-Folder": "true",
         }
         if cursor:
@@ -256,4 +265,8 @@ def _entry(item: Any, parent: str, where: str) -> Entry:
                  float(mtime) if mtime is not None else None, None)
 
 
-__all__ = ["LIST_END", "UpyunSource", "parse_listing", "quote_key", "sign"]
+BACKEND = Backend(schemes=("upyun",), form="upyun://BUCKET/PREFIX", options=UpyunOptions,
+                  open=UpyunSource.from_url, credentials=("UPYUN_OPERATOR", "UPYUN_PASSWORD"))
+
+__all__ = ["BACKEND", "LIST_END", "UpyunOptions", "UpyunSource", "parse_listing", "quote_key",
+           "sign"]
