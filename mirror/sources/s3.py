@@ -225,9 +225,10 @@ class S3Source(HttpSource):
         listed = parse_list(await self._list(prefix, what, delimiter=True,
                                              limit=self._options.list_limit, token=cursor),
                             f"listing of {path or '/'}")
+        # The folder's own "folder/" key is its marker, unless it holds bytes: then it is
+        # a file without a name (path "folder/"), which the crawler refuses.
         entries = [_file(path, k[len(prefix):], size, mtime, etag)
-                   for k, size, mtime, etag in listed.files
-                   if k != prefix]  # the marker of this folder itself
+                   for k, size, mtime, etag in listed.files if k != prefix or size > 0]
         entries += [_folder(path, p[len(prefix):]) for p in listed.prefixes]
         if listed.truncated and not listed.next_token:
             raise ProtocolError(f"listing of {path or '/'}: truncated without a continuation "
@@ -246,7 +247,7 @@ class S3Source(HttpSource):
         entries = []
         for k, size, mtime, etag in inside:
             rel = k[len(prefix):]
-            if rel == "":
+            if rel == "" and size == 0:
                 continue  # the marker of the listed folder itself
             if size == 0 and rel.endswith("/"):
                 entries.append(Entry(_join(path, rel[:-1]) or "/", True, 0, mtime))
