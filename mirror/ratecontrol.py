@@ -39,6 +39,12 @@ HARD_SHARE = 0.5  # a pushed-back share this high is congestion without an exper
 EPOCH_MIN_S = 0.5
 EPOCH_MAX_S = 5.0
 EPOCH_MIN_ANSWERS = 40
+# Answers an epoch needs for any decision; an epoch short of them after EPOCH_MAX_S goes on
+# gathering up to EPOCH_GIVE_UP_S, then is dropped. A worker that had sent next to nothing
+# for five seconds (waiting for listings, at the end of a job) read 2 faults in 2 answers as
+# "100% pushed back at 0 req/s" and held itself at half a request a second.
+DECISION_ANSWERS = 10
+EPOCH_GIVE_UP_S = 30.0
 Z = 2.5  # standard errors a share must rise above the background to be suspect
 MIN_EXCESS = 0.02  # ... and at least this much
 GROWTH_FIRST = 0.02  # growth per second right after congestion, as a share of the rate
@@ -46,6 +52,8 @@ GROWTH_MAX = 0.5  # growth per second once the source has been quiet for a while
 GROWTH_DOUBLING_S = 5.0  # the growth doubles every this many quiet seconds
 PLATEAU = 0.05  # within this share of the last limit seen, the rate grows by only
 GROWTH_PLATEAU = 0.005  # ... this much per second
+GROWTH_MIN_S = 0.2  # requests per second added per second at least (a limit found at 1 req/s
+# would otherwise take minutes to double)
 FREE_AFTER_S = 10.0  # quiet this long with the rate far above what is sent: no limit at all
 
 
@@ -168,7 +176,12 @@ class RateController:
         span = now - self._epoch_start
         answers = self._ok + self._pushed
         enough = max(EPOCH_MIN_ANSWERS, self._probe.answers // 2 if self._probe else 0)
-        if span < EPOCH_MIN_S or (answers < enough and span < EPOCH_MAX_S) or not answers:
+        if span < EPOCH_MIN_S or (answers < enough and span < EPOCH_MAX_S) or (
+                answers < DECISION_ANSWERS and span < EPOCH_GIVE_UP_S):
+            self._grow(now)
+            return
+        if answers < DECISION_ANSWERS:  # too few to tell anything: start afresh
+            self._epoch_start, self._ok, self._pushed = now, 0, 0
             self._grow(now)
             return
         share = self._pushed / answers
@@ -255,7 +268,8 @@ class RateController:
         if self.limit_s is not None and abs(self.rate / self.limit_s - 1) < PLATEAU:
             # Near where the source pushed back last: creep (as CUBIC does near its last
             # maximum), so that the source is pushed into refusing rarely.
-            self.rate = min(self.ceiling, self.rate * (1 + GROWTH_PLATEAU * elapsed))
+            self.rate = min(self.ceiling, max(self.rate * (1 + GROWTH_PLATEAU * elapsed),
+                                              self.rate + GROWTH_MIN_S * elapsed))
             return
         quiet = now - self._quiet_since
         growth = min(GROWTH_MAX, GROWTH_FIRST * 2 ** (quiet / GROWTH_DOUBLING_S))

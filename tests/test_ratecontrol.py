@@ -126,3 +126,32 @@ def test_a_limit_that_goes_away_is_forgotten() -> None:
             credit -= 1
             ctl.on_success()
     assert ctl.state == "free", ctl.reason
+
+
+def test_a_few_failed_answers_over_a_quiet_spell_do_not_hold_it_down() -> None:
+    """A worker that sends next to nothing for a while (waiting for listings) and sees two
+    faults in two answers has learnt nothing about the source's rate."""
+    now = [0.0]
+    ctl = RateController(clock=lambda: now[0])
+    for t in (0.5, 6.0):  # two answers, both pushed back, over six quiet seconds
+        now[0] = t
+        ctl.on_throttle()
+    now[0] = 6.5
+    ctl.on_success()
+    assert math.isinf(ctl.rate) and ctl.state == "free", ctl.reason
+
+
+def test_a_limit_found_at_a_low_rate_recovers_at_a_steady_pace() -> None:
+    """Held near a limit of 1 request a second, the rate still grows by a fifth of a request
+    each second once the source stays quiet (not 0.5% a second: minutes to double)."""
+    now = [0.0]
+    ctl = RateController(clock=lambda: now[0])
+    for i in range(41):  # 40 answers in 4 s, all pushed back: congestion
+        now[0] = i * 0.1
+        ctl.on_throttle()
+    assert ctl.state == "limited" and ctl.rate < 1.0, ctl.reason
+    low = ctl.rate
+    for i in range(100):  # ten quiet seconds of successes at what it allows
+        now[0] = 4.1 + i * 0.1
+        ctl.on_success()
+    assert ctl.rate >= low + 1.5, ctl.reason
