@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,23 @@ async def test_refusals_are_parked_with_artifactorys_message(tree: BucketInfo,
         rel = path.relative_to(tree.root).as_posix()
         if path.is_file() and rel not in skipped and not rel.startswith("zero/"):
             assert (tmp_path / "dest" / rel).read_bytes() == path.read_bytes(), rel
+
+
+async def test_the_fake_artifactory_command(tree: BucketInfo) -> None:
+    """``mirror fake-artifactory`` serves a folder for manual runs and the bench."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mirror", "fake-artifactory", str(tree.root), "--port", "0",
+        "--repo", REPO, "--token", TOKEN, "--no-anonymous", "--oss",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        endpoint = line.split(" at ")[1].split()[0]
+        assert endpoint.endswith("/artifactory"), line
+        code, out, err = await mirror_cmd("ls", f"artifactory://{REPO}/zero", "--endpoint",
+                                          endpoint, env=ENV)
+        assert code == 0, err
+        assert sorted(out.split()) == sorted(p.name for p in (tree.root / "zero").iterdir())
+    finally:
+        proc.terminate()
+        await proc.wait()

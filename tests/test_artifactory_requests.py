@@ -4,6 +4,7 @@ mapping, redirects. End-to-end behaviour stays with the fake server (test_artifa
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from mirror.errors import (
     AccessDenied,
     ConfigError,
     CredentialsRejected,
+    MirrorError,
     NotFound,
     PermanentError,
     RateLimited,
@@ -25,14 +27,14 @@ from mirror.settings import SourceSettings
 from mirror.sources.artifactory import ArtifactoryOptions, ArtifactorySource, Credential
 from mirror.sources.registry import open_source
 from mirror.sources.transport import Request, Transport
-from mirror.testing.mock_transport import MockResponse, MockTransport
+from mirror.testing.mock_transport import Handler, MockResponse, MockTransport
 
 ENDPOINT = "http://art.test/artifactory"
 SHA1, SHA256 = "1" * 40, "2" * 64
 SETTINGS = SourceSettings(request_retries=0)
 
 
-def source(handle: Callable[[Request], MockResponse], env: dict[str, str] | None = None,
+def source(handle: Handler, env: dict[str, str] | None = None,
            limiter: Limiter | None = None, **options: object
            ) -> tuple[ArtifactorySource, MockTransport]:
     wire = MockTransport(handle)
@@ -204,7 +206,7 @@ async def test_a_server_that_ignores_the_query_is_read_as_folder_info() -> None:
     (401, CredentialsRejected, "rejected the access token (ARTIFACTORY_TOKEN)"),
     (400, PermanentError, "400"),
 ])
-async def test_errors_are_translated_with_their_message(status: int, kind: type,
+async def test_errors_are_translated_with_their_message(status: int, kind: type[MirrorError],
                                                         words: str) -> None:
     message = {404: "Unable to find item", 403: "no read permission"}.get(status, "boom")
     limiter = Limiter(RateSettings())
@@ -217,7 +219,7 @@ async def test_errors_are_translated_with_their_message(status: int, kind: type,
     if status != 401:
         assert message in caught.value.message  # carried into the parked reason
     if status == 429:
-        assert caught.value.retry_after_s == 2.0
+        assert isinstance(caught.value, RateLimited) and caught.value.retry_after_s == 2.0
     # 429 and 503 tell the rate controller, through the transport, without the source's help
     assert limiter.throttled("fetch") == (1 if status in (429, 503) else 0)
 
@@ -258,3 +260,21 @@ async def test_stat_of_a_file_a_folder_and_a_missing_path() -> None:
     assert (await src.stat("")).is_dir
     with pytest.raises(NotFound):
         await src.stat("none")
+
+
+async def test_a_refused_file_info_fails_its_folder_and_stops_the_rest() -> None:
+    children = [{"uri": f"/f{i}.txt", "folder": False} for i in range(20)]
+
+    async def handle(r: Request) -> MockResponse:
+        await asyncio.sleep(0.01)  # an answer takes a while, as on a network
+        if r.url.endswith("/f1.txt"):
+            return refused(403, "no read permission on f1.txt")
+        if r.url.endswith(".txt"):
+            return answer({"size": "1", "checksums": {}})
+        return answer({"children": children})
+
+    src, wire = source(handle, list_mode="folder-info", info_concurrency=1)
+    with pytest.raises(AccessDenied, match=r"stat f1\.txt.*no read permission"):
+        await src.list_page("", None)
+    # the folder, f0, f1 and at most the one that took f1's turn: the others were not asked
+    assert len(wire.requests) <= 4

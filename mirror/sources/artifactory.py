@@ -252,7 +252,13 @@ class ArtifactorySource(HttpSource):
                 except NotFound:
                     return None  # deleted since the folder was listed
 
-        found = await asyncio.gather(*(info(e) for e in entries))
+        tasks = [asyncio.ensure_future(info(e)) for e in entries]
+        try:
+            found = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one failed: the page fails, its other requests need not run
+                task.cancel()
+            raise
         return tuple(e for e in found if e is not None)
 
     async def stat(self, path: str) -> Entry:
