@@ -9,10 +9,14 @@ way TCP's slow start does and then holds where more stops paying:
   time): when the listing cannot keep up, or a rate limit holds the requests back, a larger
   limit would tell nothing;
 - *start-up*: the limit doubles each such epoch while the throughput (files/s or bytes/s,
-  whichever rose more) rises by a fifth or more; when a doubling gains less, it settles at
-  three quarters of the last limit;
-- *steady*: every few epochs it tries a quarter more, and keeps it only if the throughput
-  rose by 8%; now and then it tries a fifth less, and keeps that if the throughput held
+  whichever rose more) rises by a fifth or more; when a doubling gains less, the next epoch at
+  the same limit is asked again (one epoch is noisy on a busy machine: a climb from 16 that
+  stopped at 24 on one bad reading left a source 60 ms away at a fifth of its speed), and if
+  it also gains little, the limit settles at three quarters of the last;
+- *steady*: every few epochs it tries more, and keeps it only if the throughput rose by 8%:
+  half as many again while each transfer takes about as long as the quickest epochs did (by
+  Little's law more at once then means more done: nothing queues yet), a quarter more
+  otherwise; now and then it tries a fifth less, and keeps that if the throughput held
   within 5% (fewer transfers for the same speed spare the source and our memory);
 - when the source limits the request rate (``rate_allowed``), more transfers than twice
   that rate x the time each takes would only wait at the limiter: the limit shrinks to that.
@@ -46,6 +50,7 @@ STARTUP_GAIN = 1.2
 PROBE_GAIN = 1.08
 HOLD_WITHIN = 0.95
 PROBE_EVERY = 3  # counted epochs between probes
+UNQUEUED = 1.25  # a transfer no slower than this times the quickest epoch's: nothing queues
 DOWN_EVERY = 4  # every this many probes is a probe downwards
 
 
@@ -132,6 +137,8 @@ class AdaptiveLimit:
         self._probes = 0
         self._last: _Epoch | None = None  # the last epoch that counted
         self._probe_from: int | None = None  # while probing: the limit to go back to
+        self._doubted = False  # start-up: the last doubling gained little once
+        self._quickest_s = math.inf  # the shortest time a unit held its slot in an epoch
 
     @property
     def limit(self) -> int:
@@ -172,11 +179,11 @@ class AdaptiveLimit:
                                     and span < EPOCH_MAX_S):
             return
         self._account()
-        epoch = _Epoch(self.limit, self._done / span, self._bytes / span)
         saturated = self._saturated_s / span
         waited = self.waited_s()
         turn_s = self._held_s / self._done
         each_s = max(0.0, self._held_s - (waited - self._waited_mark)) / self._done
+        epoch = _Epoch(self.limit, self._done / span, self._bytes / span, each_s)
         self._waited_mark = waited
         # A few turns of a slot make an epoch: 0.24 s for a source 60 ms away, where half a
         # second per step made the climb from 32 to 256 a good part of a short job.
@@ -213,15 +220,29 @@ class AdaptiveLimit:
     def _decide(self, epoch: _Epoch) -> None:
         last, self._last = self._last, epoch
         limit = epoch.limit
+        if epoch.each_s > 0:
+            self._quickest_s = min(self._quickest_s, epoch.each_s)
         if self.phase == "start-up":
             if last is None or last.limit >= limit or epoch.gain_over(last) >= STARTUP_GAIN:
+                self._doubted = False
                 self._set(limit * 2, f"start-up: {epoch.files_s:.0f} {self._unit} at {limit} "
                           "at once")
                 return
+            if not self._doubted:  # ask again at this limit before believing it
+                self._doubted = True
+                self._last = last
+                self.reason = (f"start-up: {limit} at once gained little over "
+                               f"{last.limit}; measuring again")
+                return
             self.phase = "steady"
             self._last = None
-            self._set(max(last.limit, int(limit * 0.75)),
-                      f"{limit} at once gained little over {last.limit}: holding")
+            # Where to settle: three quarters of the last limit, or (by Little's law) what
+            # the best throughput needs at the quickest transfer time, if that is fewer; a
+            # climb that overshot the knee (a stalled epoch read as a gain) comes back to it.
+            best = max(epoch.files_s, last.files_s)
+            needed = math.ceil(1.1 * best * self._quickest_s) if self._quickest_s < 1e9 else 0
+            settle = max(last.limit, min(int(limit * 0.75), needed or limit))
+            self._set(settle, f"{limit} at once gained little over {last.limit}: holding")
             return
         if self._probe_from is not None and last is not None:
             before, self._probe_from = self._probe_from, None
@@ -243,7 +264,9 @@ class AdaptiveLimit:
         self._counted = 0
         self._probes += 1
         self._probe_from = limit
-        target = int(limit * 0.8) if self._probes % DOWN_EVERY == 0 else int(limit * 1.25) + 1
+        unqueued = epoch.each_s <= UNQUEUED * self._quickest_s
+        step = 1.5 if unqueued else 1.25
+        target = int(limit * 0.8) if self._probes % DOWN_EVERY == 0 else int(limit * step) + 1
         self._set(target, f"trying {target} at once (from {limit})")
 
     def raise_to(self, limit: int) -> None:
@@ -286,6 +309,7 @@ class _Epoch:
     limit: int
     files_s: float
     bytes_s: float
+    each_s: float = 0.0  # the time a unit held its slot, waits for the rate limiter excluded
 
     def gain_over(self, before: _Epoch) -> float:
         """Throughput against ``before``: files/s or bytes/s, whichever rose more."""

@@ -80,6 +80,33 @@ async def test_it_climbs_to_the_knee_and_not_far_past_it() -> None:
     assert 32 <= limit.limit <= 160
 
 
+class HiccupSource(ModelSource):
+    """A source far away whose answers stall once for a moment (a busy machine, a GC pause
+    on the server): one epoch of start-up then reads as if a doubling gained nothing."""
+
+    def __init__(self, latency_s: float, knee: int, at_s: float, for_s: float) -> None:
+        super().__init__(latency_s, knee)
+        self.start = time.monotonic()
+        self.at_s, self.for_s = at_s, for_s
+
+    async def transfer(self) -> None:
+        since = time.monotonic() - self.start
+        if self.at_s <= since < self.at_s + self.for_s:
+            await asyncio.sleep(self.at_s + self.for_s - since)  # held until it passes
+        await super().transfer()
+
+
+async def test_one_bad_epoch_does_not_end_the_climb() -> None:
+    """60 ms away with room for 128 at once: a stall early in the climb must not leave the
+    limit at a fraction of that."""
+    source = HiccupSource(latency_s=0.06, knee=128, at_s=0.3, for_s=0.15)
+    limit = AdaptiveLimit(16, 1024)
+    seen = await drive(limit, source, 4.0)
+    print(f"limit every 0.25 s: {seen}")
+    assert max(seen[:8]) >= 96, limit.reason  # within two seconds
+    assert 64 <= limit.limit <= 320
+
+
 async def test_a_rate_limit_shrinks_it_to_what_the_rate_keeps_busy() -> None:
     source = ModelSource(latency_s=0.02, knee=1000)
     limit = AdaptiveLimit(64, 256)
