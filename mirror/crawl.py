@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mirror.broker import Broker, Topology
+from mirror.checksum import Checksum, strongest
 from mirror.concurrency import AdaptiveLimit, hand_back
 from mirror.disk import Disk, PartFile, Placement, check_name
 from mirror.errors import (
@@ -267,17 +268,20 @@ async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: C
             f"{job.path}: the source now reports {body.total_size} bytes, the listing said "
             f"{job.size}; it changed after listing (re-seed the job to pick up the new version)"
         )
-    md5 = body.md5 if ctx.settings.verify_checksum else None
-    track = md5 is not None
+    # The download's own checksum, or the listing's (a stronger one wins): what the source
+    # vouches for, checked over the whole file when it is complete.
+    checksum = (strongest(body.checksum, Checksum.parse(job.etag))
+                if ctx.settings.verify_checksum else None)
+    track = checksum.algorithm if checksum is not None else None
     remaining = job.size - part.size
     if remaining <= ctx.settings.small_file_max:
         data = await body.read_all()
         ctx.stats.transferred += len(data)
-        await disk.commit(part, job.size, job.mtime, md5, data, track, waiting=hand_back)
+        await disk.commit(part, job.size, job.mtime, checksum, data, track, waiting=hand_back)
         return
     direct = direct_copy(body)  # a socket-to-file copy where the transport offers one
     if direct is not None:
-        await _receive_direct(job, direct, part, disk, ctx, track, md5)
+        await _receive_direct(job, direct, part, disk, ctx, checksum)
         return
     watch = RateWatch(ctx.settings.min_rate_bps, ctx.settings.stall_window_s)
     # Chunks are gathered into a batch and written with one pwritev in the disk pool while
@@ -305,8 +309,8 @@ async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: C
         if writing is not None:
             await writing
             writing = None
-        await disk.commit(part, job.size, job.mtime, md5, b"".join(batch), track, alone=True,
-                          waiting=hand_back)
+        await disk.commit(part, job.size, job.mtime, checksum, b"".join(batch), track,
+                          alone=True, waiting=hand_back)
     finally:
         if writing is not None:  # the part must not be closed under a running write
             with contextlib.suppress(Exception):
@@ -314,8 +318,9 @@ async def _receive(job: FetchJob, body: Body, part: PartFile, disk: Disk, ctx: C
 
 
 async def _receive_direct(job: FetchJob, direct: DirectBody, part: PartFile, disk: Disk,
-                          ctx: Context, track: bool, md5: str | None) -> None:
+                          ctx: Context, checksum: Checksum | None) -> None:
     """Copy the body from its socket in a disk thread (see ``mirror.sources.direct``)."""
+    track = checksum.algorithm if checksum is not None else None
     end = part.size + len(direct.head) + direct.length
     if end != job.size:
         direct.close()
@@ -338,7 +343,7 @@ async def _receive_direct(job: FetchJob, direct: DirectBody, part: PartFile, dis
     finally:
         progress.flush()
         direct.close()
-    await disk.commit(part, job.size, job.mtime, md5, track=track, alone=True,
+    await disk.commit(part, job.size, job.mtime, checksum, track=track, alone=True,
                       waiting=hand_back)
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from mirror.checksum import Algorithm, Checksum
 from mirror.diskpool import DiskPool
 from mirror.errors import Busy, FatalError, UnsafePath
 from mirror.groupsync import GroupSync
@@ -91,7 +92,8 @@ class Disk:
         self.group = GroupSync(root, self.run, os_error) if fsync and grouped else None
 
     async def commit(self, part: PartFile, expected_size: int, mtime: float | None,  # noqa: PLR0913  (what one file's commit checks and stamps)
-                     md5: str | None, data: bytes = b"", track: bool = False, *,
+                     checksum: Checksum | None, data: bytes = b"",
+                     track: Algorithm | None = None, *,
                      alone: bool = False, waiting: Callable[[], None] | None = None) -> None:
         """Append ``data``, check, stamp, flush and rename into place; returns once the file
         is durably in place (with ``fsync``), and the part is closed. ``alone`` for a call
@@ -99,11 +101,11 @@ class Disk:
         called once the file only waits for its group's sync."""
         group = self.group
         if group is None:
-            await self.run(finish, part, data, track, expected_size, mtime, md5,
+            await self.run(finish, part, data, track, expected_size, mtime, checksum,
                            alone=alone or self.fsync)
             return
         own = part.size + len(data) >= group.own_sync_bytes
-        await self.run(prepare, part, data, track, expected_size, mtime, md5, own,
+        await self.run(prepare, part, data, track, expected_size, mtime, checksum, own,
                        alone=alone or own)
         if waiting is not None:
             waiting()

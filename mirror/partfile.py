@@ -2,7 +2,8 @@
 
 Every file is written to ``<name>.mirror.part`` beside its target (a hashed hidden name when
 the name is too long for the suffix), locked with flock against a second writer on this host
-(``Disk.begin`` opens it), checked against the listed size and MD5, stamped with the remote
+(``Disk.begin`` opens it), checked against the listed size and the source's checksum
+(``mirror.checksum``: SHA-256, SHA-1 or MD5, over the whole file), stamped with the remote
 mtime, flushed (``--fsync``: on its own, or in a round shared with other files, see
 ``mirror.groupsync``), then renamed into place; ``rename`` replaces a symlink instead of
 writing through it. Everything here is blocking and runs in a disk thread.
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mirror.checksum import Algorithm, Checksum
 from mirror.errors import DiskFull, FatalError, IntegrityError, MirrorError, UnsafePath
 from mirror.groupsync import fsync_dir, start_writeback
 
@@ -59,7 +61,10 @@ class PartFile:
         self.part = part_name(name)
         self._fd = fd
         self.size = size
-        self._md5: hashlib._Hash | None = None
+        # The running digest of the bytes written (when a checksum is to be checked), so
+        # that a large file is not read back at its commit.
+        self._hash: Any = None
+        self._hash_algorithm: Algorithm | None = None
         self._renamed = False
         self.synced = False  # its bytes are on the disk (fsynced on its own)
         self._sent_back = size  # bytes up to here were handed to the disk's writeback
@@ -80,10 +85,19 @@ class PartFile:
         os.ftruncate(self._fd, offset)
         self.size = offset
         self._sent_back = min(self._sent_back, offset)
-        self._md5 = None
+        self._hash = None
 
-    def _hash_prefix(self) -> hashlib._Hash:
-        h = hashlib.md5()
+    def _tracking(self, track: Algorithm | None) -> Any:
+        """The running digest of ``track`` (None: no digest), begun over what the part
+        already holds: a resumed part is checked as a whole."""
+        if track is None:
+            return None
+        if self._hash is None or self._hash_algorithm != track:
+            self._hash, self._hash_algorithm = self._hash_prefix(track), track
+        return self._hash
+
+    def _hash_prefix(self, algorithm: Algorithm) -> Any:
+        h = hashlib.new(algorithm)
         remaining, pos = self.size, 0
         while remaining > 0:
             block = os.pread(self._fd, min(remaining, 1 << 20), pos)
@@ -94,14 +108,14 @@ class PartFile:
             remaining -= len(block)
         return h
 
-    def write(self, data: bytes, track_md5: bool) -> None:
-        self.write_many([data], track_md5)
+    def write(self, data: bytes, track: Algorithm | None) -> None:
+        self.write_many([data], track)
 
-    def write_many(self, chunks: list[bytes], track_md5: bool) -> None:
-        """Append the chunks with as few system calls as possible (no joining copy)."""
+    def write_many(self, chunks: list[bytes], track: Algorithm | None) -> None:
+        """Append the chunks with as few system calls as possible (no joining copy), keeping
+        the running digest of ``track``."""
         try:
-            if track_md5 and self._md5 is None:
-                self._md5 = self._hash_prefix()
+            digest = self._tracking(track)
             views = [memoryview(c) for c in chunks if c]
             pos = self.size
             while views:
@@ -118,8 +132,8 @@ class PartFile:
         except OSError as exc:
             raise os_error(exc, f"writing {self.target}", self._disk.root) from exc
         for chunk in chunks:
-            if self._md5 is not None:
-                self._md5.update(chunk)
+            if digest is not None:
+                digest.update(chunk)
             self.size += len(chunk)
         self._write_back()
 
@@ -130,12 +144,11 @@ class PartFile:
             start_writeback(self._fd, self._sent_back, self.size - self._sent_back)
             self._sent_back = self.size
 
-    def write_from(self, body: DirectSource, track_md5: bool,
+    def write_from(self, body: DirectSource, track: Algorithm | None,
                    on_bytes: Callable[[int], None]) -> None:
         """Append what ``body`` copies from its socket; ``size`` follows every block, so a
         failure part-way leaves a part file to resume from."""
-        if track_md5 and self._md5 is None:
-            self._md5 = self._hash_prefix()
+        digest = self._tracking(track)
 
         def written(n: int) -> None:
             self.size += n
@@ -143,15 +156,16 @@ class PartFile:
             on_bytes(n)
 
         try:
-            body.copy_to(self._fd, self.size, self._md5 if track_md5 else None, written)
+            body.copy_to(self._fd, self.size, digest, written)
         except OSError as exc:
-            self._md5 = None  # it may hold bytes that did not reach the file: hash afresh
+            self._hash = None  # it may hold bytes that did not reach the file: hash afresh
             raise os_error(exc, f"writing {self.target}", self._disk.root) from exc
 
-    def commit(self, expected_size: int, mtime: float | None, md5: str | None) -> None:
+    def commit(self, expected_size: int, mtime: float | None,
+               checksum: Checksum | None) -> None:
         """Check, stamp, flush (``disk.fsync``) and rename into place, one file on its own:
         the path of ``--no-fsync`` and of per-file fsync. On a mismatch the part is deleted."""
-        self.prepare(expected_size, mtime, md5)
+        self.prepare(expected_size, mtime, checksum)
         try:
             if self._disk.fsync:
                 self.sync_data()
@@ -163,7 +177,8 @@ class PartFile:
         finally:
             self.close()
 
-    def prepare(self, expected_size: int, mtime: float | None, md5: str | None) -> None:
+    def prepare(self, expected_size: int, mtime: float | None,
+                checksum: Checksum | None) -> None:
         """Check the bytes against the listing and stamp the mtime; the part stays open.
 
         On a mismatch the part is deleted. The mtime is set before any flush, so that the
@@ -173,11 +188,12 @@ class PartFile:
             raise IntegrityError(
                 f"{self.target}: got {self.size} bytes, the listing says {expected_size}"
             )
-        if md5 is not None:
-            got = (self._md5 or self._hash_prefix()).hexdigest()
-            if got != md5:
+        if checksum is not None:
+            got = self._tracking(checksum.algorithm).hexdigest()
+            if got != checksum.hex:
                 self.discard()
-                raise IntegrityError(f"{self.target}: MD5 {got} does not match the source's {md5}")
+                raise IntegrityError(f"{self.target}: {checksum.label} {got} does not match "
+                                     f"the source's {checksum.hex}")
         if mtime is not None:
             ns = int(mtime * 1_000_000_000)
             try:
@@ -220,23 +236,24 @@ IOV_MAX = 1024  # buffers per pwritev call (Linux's limit)
 class DirectSource(Protocol):
     """What ``PartFile.write_from`` reads (``mirror.sources.direct.DirectBody``)."""
 
-    def copy_to(self, fd: int, pos: int, md5: Any, on_bytes: Callable[[int], None]) -> None: ...
+    def copy_to(self, fd: int, pos: int, digest: Any,
+                on_bytes: Callable[[int], None]) -> None: ...
 
 
-def finish(part: PartFile, data: bytes, track: bool, size: int, mtime: float | None,
-           md5: str | None) -> None:
+def finish(part: PartFile, data: bytes, track: Algorithm | None, size: int,
+           mtime: float | None, checksum: Checksum | None) -> None:
     """The whole commit of one file on its own (``--no-fsync``, per-file fsync)."""
     if data:
         part.write(data, track)
-    part.commit(size, mtime, md5)
+    part.commit(size, mtime, checksum)
 
 
-def prepare(part: PartFile, data: bytes, track: bool, size: int, mtime: float | None,
-            md5: str | None, own_sync: bool) -> None:
+def prepare(part: PartFile, data: bytes, track: Algorithm | None, size: int,
+            mtime: float | None, checksum: Checksum | None, own_sync: bool) -> None:
     """What a file's writer does before it joins a group round."""
     if data:
         part.write(data, track)
-    part.prepare(size, mtime, md5)
+    part.prepare(size, mtime, checksum)
     if own_sync:
         try:
             part.sync_data()

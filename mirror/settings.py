@@ -50,7 +50,7 @@ class WorkerSettings:
     chunk_size: int = 1 << 20  # read/write unit for large files
     small_file_max: int = 1 << 20  # bodies up to this size are written in one disk operation
     resume_retries: int = 2  # a body cut mid-way is resumed in place this often before a retry
-    verify_checksum: bool = True  # check MD5 where the source gives one
+    verify_checksum: bool = True  # check the SHA-256, SHA-1 or MD5 the source vouches for
     modify_window_s: float = 0.001  # mtimes this close are equal (skip check)
     drain_deadline_s: float = 60.0  # SIGTERM: in-flight work must finish within this
     presence_interval_s: float = 1.0

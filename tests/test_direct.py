@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from mirror.checksum import Checksum
 from mirror.disk import Disk
 from mirror.errors import SourceUnavailable, Stalled
 from mirror.ratelimit import Limiter, RateSettings
@@ -41,7 +42,8 @@ async def _copy(direct: DirectBody, disk: Disk, rel: str, size: int, md5: bool,
     assert part is not None
     error: Exception | None = None
     try:
-        await asyncio.to_thread(part.write_from, direct, md5, seen.append)
+        await asyncio.to_thread(part.write_from, direct, "md5" if md5 else None,
+                                seen.append)
     except (SourceUnavailable, Stalled) as exc:
         error = exc
     finally:
@@ -69,9 +71,11 @@ async def test_large_body_from_nginx_arrives_whole(tmp_path: Path, md5: bool) ->
                 seen: list[int] = []
                 part = disk.begin("big.bin", SIZE, None, 1.0)
                 assert part is not None
-                await asyncio.to_thread(part.write_from, direct, md5, seen.append)
+                await asyncio.to_thread(part.write_from, direct, "md5" if md5 else None,
+                                        seen.append)
                 direct.close()
-                part.commit(SIZE, None, hashlib.md5(data).hexdigest() if md5 else None)
+                part.commit(SIZE, None,
+                            Checksum("md5", hashlib.md5(data).hexdigest()) if md5 else None)
         finally:
             await source.close()
     assert (disk.root / "big.bin").read_bytes() == data

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mirror import partfile
+from mirror.checksum import Checksum
 from mirror.disk import PART_SUFFIX, Disk, check_name, part_name, split_path
 from mirror.errors import Busy, IntegrityError, UnsafePath
 
@@ -48,8 +49,8 @@ def _write(disk: Disk, path: str, data: bytes, mtime: float | None = 1_500_000_0
            md5: str | None = None) -> None:
     part = disk.begin(path, len(data), mtime, 0.001)
     assert part is not None
-    part.write(data, md5 is not None)
-    part.commit(len(data), mtime, md5)
+    part.write(data, "md5" if md5 is not None else None)
+    part.commit(len(data), mtime, Checksum.of("md5", md5))
 
 
 def test_write_sets_mtime_and_skips_when_current(tmp_path: Path) -> None:
@@ -71,13 +72,13 @@ def test_part_is_resumed_and_checked(tmp_path: Path) -> None:
     data = os.urandom(100_000)
     part = disk.begin("f.bin", len(data), None, 0.001)
     assert part is not None
-    part.write(data[:40_000], False)
+    part.write(data[:40_000], None)
     part.close()  # crash-like: the part stays
     assert (tmp_path / ("f.bin" + PART_SUFFIX)).stat().st_size == 40_000
     again = disk.begin("f.bin", len(data), None, 0.001)
     assert again is not None and again.size == 40_000
-    again.write(data[40_000:], True)  # the MD5 covers the bytes written before the crash too
-    again.commit(len(data), None, hashlib.md5(data).hexdigest())
+    again.write(data[40_000:], "md5")  # the MD5 covers the bytes written before the crash too
+    again.commit(len(data), None, Checksum("md5", hashlib.md5(data).hexdigest()))
     assert (tmp_path / "f.bin").read_bytes() == data
 
 
@@ -85,14 +86,14 @@ def test_size_and_md5_mismatch_delete_the_part(tmp_path: Path) -> None:
     disk = Disk(tmp_path)
     part = disk.begin("short.bin", 10, None, 0.001)
     assert part is not None
-    part.write(b"12345", False)
+    part.write(b"12345", None)
     with pytest.raises(IntegrityError, match="got 5 bytes, the listing says 10"):
         part.commit(10, None, None)
     part = disk.begin("bad.bin", 3, None, 0.001)
     assert part is not None
-    part.write(b"abc", True)
+    part.write(b"abc", "md5")
     with pytest.raises(IntegrityError, match="MD5"):
-        part.commit(3, None, "0" * 32)
+        part.commit(3, None, Checksum("md5", "0" * 32))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -168,6 +169,6 @@ def test_a_durable_large_file_is_sent_on_to_the_disk_as_it_arrives(
         part = disk.begin("big.bin", 20 << 20, None, 0.001)
         assert part is not None
         for _ in range(6):  # 18 MB in 3 MB pieces: handed on at 9 and at 18 MB
-            part.write(chunk, False)
+            part.write(chunk, None)
         part.close()
         assert calls == expected and all(n >= step for _, n in calls)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mirror.checksum import Checksum
 from mirror.disk import PART_SUFFIX, Disk, Placement, os_error
 from mirror.diskpool import DiskPool
 from mirror.errors import DiskFull, FatalError, IntegrityError
@@ -71,7 +72,8 @@ async def write(disk: Disk, path: str, data: bytes) -> None:
     part = await disk.run(disk.begin, path, len(data), MTIME, 0.001)
     assert part is not None
     try:
-        await disk.commit(part, len(data), MTIME, hashlib.md5(data).hexdigest(), data, True)
+        await disk.commit(part, len(data), MTIME, Checksum("md5", hashlib.md5(data).hexdigest()),
+                          data, "md5")
     finally:
         if part.is_open:
             await disk.run(part.close)

@@ -19,6 +19,7 @@ from mirror.commands.sourceflags import chosen_options, source_options
 from mirror.errors import ConfigError
 from mirror.ratelimit import Limiter
 from mirror.settings import SourceSettings
+from mirror.sources.artifactory import ArtifactorySource
 from mirror.sources.backend import Backend, SourceOptions, declared, option
 from mirror.sources.base import Source
 from mirror.sources.httpindex import HttpIndexSource
@@ -35,7 +36,13 @@ EXAMPLES: list[tuple[str, type, str]] = [
     ("http://127.0.0.1:1/pub/", HttpIndexSource, "http://127.0.0.1:1/pub/"),
     ("https://example.org/a/b", HttpIndexSource, "https://example.org/a/b/"),
     ("s3://bkt/some/prefix/", S3Source, "s3://bkt/some/prefix"),
+    ("artifactory://libs-release/org/acme/", ArtifactorySource,
+     "artifactory://libs-release/org/acme"),
 ]
+# The options an example needs to open (a backend without a default endpoint).
+EXAMPLE_OPTIONS: dict[str, dict[str, Any]] = {
+    "artifactory://libs-release/org/acme/": {"endpoint": "https://art.example/artifactory"},
+}
 
 
 @pytest.mark.parametrize(("url", "scheme"), [
@@ -51,7 +58,7 @@ def test_the_scheme_of_both_url_forms(url: str, scheme: str | None) -> None:
 
 @pytest.mark.parametrize(("url", "kind", "name"), EXAMPLES)
 async def test_each_backend_opens_from_its_urls(url: str, kind: type, name: str) -> None:
-    source = open_source(url, SourceSettings(env=CREDENTIALS))
+    source = open_source(url, SourceSettings(env=CREDENTIALS), options=EXAMPLE_OPTIONS.get(url))
     try:
         assert isinstance(source, kind) and source.name == name
     finally:

@@ -121,7 +121,8 @@ def worker_options(f: F) -> F:
                      help="The most simultaneous listing requests the adaptive limit may "
                      "reach."),
         click.option("--checksum/--no-checksum", default=True, envvar="MIRROR_CHECKSUM",
-                     show_default=True, help="Check MD5 where the source gives one."),
+                     show_default=True,
+                     help="Check the SHA-256, SHA-1 or MD5 the source vouches for."),
         click.option("--fsync/--no-fsync", default=True, envvar="MIRROR_FSYNC",
                      show_default=True,
                      help="Make each file durable on disk before it is acked (files finished "

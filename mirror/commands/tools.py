@@ -1,4 +1,4 @@
-"""``mirror demo``, ``mirror ls`` and ``mirror fake-upyun``."""
+"""``mirror demo``, ``mirror ls``, ``mirror fake-upyun`` and ``mirror fake-artifactory``."""
 
 from __future__ import annotations
 
@@ -186,4 +186,63 @@ def fake_upyun(ctx: click.Context, /, root: Path | None, synthetic: int | None,
         run_async(run_fake_server(root or Path("."), host=host, port=port, bucket=bucket,
                                   operator=operator, password=password, faults=faults,
                                   synthetic=made_up))
+    return 0
+
+
+@click.command("fake-artifactory")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8081, show_default=True)
+@click.option("--repo", default="generic-local", show_default=True,
+              help="The repository ROOT is served as.")
+@click.option("--token", default=None, help="An access token it accepts (Bearer).")
+@click.option("--user", default=None, help="A user it accepts (basic auth) ...")
+@click.option("--password", default=None, help="... with this password.")
+@click.option("--api-key", default=None,
+              help="An API key it accepts (X-JFrog-Art-Api, or as the user's password).")
+@click.option("--anonymous/--no-anonymous", default=True, show_default=True,
+              help="Allow anonymous reads.")
+@click.option("--oss", is_flag=True, help="Play Artifactory OSS: no file list (400).")
+@click.option("--strings", is_flag=True,
+              help='Write "folder": "true" and sizes as strings, as the documentation does.')
+@click.option("--no-sha256", is_flag=True, help="Know no SHA-256 (files stored before 5.5).")
+@click.option("--fault-429", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of first attempts answered 429.")
+@click.option("--fault-503", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of first attempts answered 503.")
+@click.option("--fault-truncate", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of first attempts whose body is cut short.")
+@click.option("--fault-drop", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of first attempts whose connection is dropped.")
+@click.option("--latency", type=click.FloatRange(0), default=0.0, metavar="S",
+              help="Added before every response.")
+@click.option("--body-rate", type=SIZE, default="0", metavar="RATE",
+              help="Send each body no faster than this (bytes/s, e.g. 100K); 0: no limit.")
+@click.option("--rate-limit", type=click.FloatRange(0), default=0.0, metavar="RPS",
+              help="Requests per second it accepts; beyond them 429. 0: no limit.")
+@click.option("--seed", type=int, default=0, help="Seed of the fault draw.")
+@click.pass_context
+def fake_artifactory(ctx: click.Context, /, root: Path, host: str, port: int, repo: str,
+                     token: str | None, user: str | None, password: str | None,
+                     api_key: str | None, anonymous: bool, oss: bool, strings: bool,
+                     no_sha256: bool, fault_429: float, fault_503: float,
+                     fault_truncate: float, fault_drop: float, latency: float, body_rate: int,
+                     rate_limit: float, seed: int) -> int:
+    """Serve folder ROOT as an Artifactory repository (a faithful fake of its REST API, for
+    tests and the bench); the endpoint to give is printed (http://HOST:PORT/artifactory)."""
+    from mirror.testing.fake_artifactory import Access, Flavour, run_fake_server
+    from mirror.testing.fake_upyun import Faults
+
+    start_logging(ctx, False)
+    if fault_429 + fault_503 + fault_truncate + fault_drop > 1:
+        raise ConfigError("the fault shares add up to more than 1")
+    faults = Faults(rate_429=fault_429, rate_503=fault_503, rate_truncate=fault_truncate,
+                    rate_drop=fault_drop, latency_s=latency, seed=seed,
+                    body_rate_bps=float(body_rate), rate_limit_rps=rate_limit)
+    access = Access(token=token, user=user, password=password, api_key=api_key,
+                    anonymous=anonymous)
+    flavour = Flavour(pro=not oss, strings=strings, sha256=not no_sha256)
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        run_async(run_fake_server(root, host=host, port=port, repo=repo, access=access,
+                                  flavour=flavour, faults=faults))
     return 0

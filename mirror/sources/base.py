@@ -12,10 +12,16 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from mirror.checksum import Checksum
+
 
 @dataclass(frozen=True)
 class Entry:
-    """One listed item; ``path`` is relative to the source root, without a leading slash."""
+    """One listed item; ``path`` is relative to the source root, without a leading slash.
+
+    ``etag`` is the source's version tag; where the listing vouches for the file's content it
+    is that checksum written as ``Checksum`` writes it (``"sha256:<hex>"``), which the
+    fetcher then checks."""
 
     path: str
     is_dir: bool
@@ -47,11 +53,14 @@ class Body(Protocol):
     honoured the range, 0 when it sent the whole file instead. (A body carried by
     ``mirror.sources.transport`` can also be copied from its socket to the file in a disk
     thread: ``transport.direct_copy``; that is the transport's business, not the source's.)
+
+    ``checksum`` is what the source vouches for in this answer (``mirror.checksum``), of the
+    whole file also when the body is a range of it; None when it vouches for nothing.
     """
 
     offset: int
     total_size: int | None
-    md5: str | None
+    checksum: Checksum | None
 
     def chunks(self, size: int) -> AsyncIterator[bytes]:
         """The body in pieces of at most about ``size`` bytes (a hint: sources may yield

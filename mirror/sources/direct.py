@@ -5,7 +5,7 @@ loop's thread (socket to loop buffer, buffer to bytes, parser to payload bytes, 
 write): profiles of 50 MB files showed the one loop thread copying memory at under 1 GB/s
 while the second core idled. Here, once the response headers are in, the connection stops
 reading on the loop and a disk thread moves the remaining ``length`` bytes with ``splice``
-(socket to pipe to file, no copy through user space) or, when an MD5 must be computed, with
+(socket to pipe to file, no copy through user space) or, when a checksum must be computed, with
 ``readv`` into one reused buffer. The connection is closed afterwards, never reused.
 
 Errors keep their meaning: the socket side raises ``SourceUnavailable`` (cut short, reset)
@@ -62,7 +62,7 @@ class DirectBody:
             self.fd = -1
         self._on_close()
 
-    def copy_to(self, fd: int, pos: int, md5: Digest | None,
+    def copy_to(self, fd: int, pos: int, digest: Digest | None,
                 on_bytes: Callable[[int], None]) -> None:
         """Blocking: write ``head`` and the ``length`` bytes at ``pos`` of file ``fd``.
 
@@ -70,15 +70,15 @@ class DirectBody:
         The file holds every byte reported, also when this raises.
         """
         if self.head:
-            if md5 is not None:
-                md5.update(self.head)
+            if digest is not None:
+                digest.update(self.head)
             _pwrite_all(fd, memoryview(self.head), pos)
             pos += len(self.head)
             on_bytes(len(self.head))
-        if md5 is None and hasattr(os, "splice"):
+        if digest is None and hasattr(os, "splice"):
             self._splice(fd, pos, on_bytes)
         else:
-            self._read(fd, pos, md5, on_bytes)
+            self._read(fd, pos, digest, on_bytes)
 
     def _splice(self, fd: int, pos: int, on_bytes: Callable[[int], None]) -> None:
         r, w = os.pipe()
@@ -101,15 +101,15 @@ class DirectBody:
             os.close(r)
             os.close(w)
 
-    def _read(self, fd: int, pos: int, md5: Digest | None,
+    def _read(self, fd: int, pos: int, digest: Digest | None,
               on_bytes: Callable[[int], None]) -> None:
         buffer = memoryview(bytearray(min(self.length, PIPE_SIZE) or 1))
         left = self.length
         while left:
             n = self._take(left, lambda k: os.readv(self.fd, [buffer[:min(k, len(buffer))]]))
             block = buffer[:n]
-            if md5 is not None:
-                md5.update(block)
+            if digest is not None:
+                digest.update(block)
             _pwrite_all(fd, block, pos)
             pos += n
             left -= n

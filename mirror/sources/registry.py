@@ -24,6 +24,7 @@ MODULES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "mirror.sources.upyun": ("upyun",),
     "mirror.sources.httpindex": ("http", "https"),
     "mirror.sources.s3": ("s3",),
+    "mirror.sources.artifactory": ("artifactory",),
 })
 
 # RFC 3986's scheme, before "://" (upyun://BUCKET) or a bare ":" (urls:FILE, urls:-).

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mirror import __version__
+from mirror.checksum import Checksum
 from mirror.errors import ProtocolError
 from mirror.ratecontrol import Pushback
 from mirror.ratelimit import UNLIMITED, Budget, Limiter
@@ -194,11 +195,17 @@ class HttpBody:
     pieces. ``direct_copy`` can hand its socket to a disk thread instead."""
 
     def __init__(self, reply: Reply, offset: int, total_size: int | None,
-                 md5: str | None) -> None:
+                 checksum: Checksum | None) -> None:
         self.reply = reply
         self.offset = offset
         self.total_size = total_size
-        self.md5 = md5
+        self.checksum = checksum
+
+    @property
+    def md5(self) -> str | None:
+        """The MD5 the source vouches for, where that is its checksum."""
+        c = self.checksum
+        return c.hex if c is not None and c.algorithm == "md5" else None
 
     def chunks(self, size: int) -> AsyncIterator[bytes]:
         # ``size`` is a hint that whatever has arrived beats waiting for (the caller batches).
@@ -208,13 +215,15 @@ class HttpBody:
         return await self.reply.read()
 
     @classmethod
-    def of(cls, reply: Reply, md5: str | None) -> HttpBody:
-        """The body of a 200 (the whole file) or a 206 (from where Content-Range says)."""
+    def of(cls, reply: Reply, md5: str | None = None, *,
+           checksum: Checksum | None = None) -> HttpBody:
+        """The body of a 200 (the whole file) or a 206 (from where Content-Range says), with
+        the hex ``md5`` the source vouches for (most do), or another ``checksum``."""
         start, total = 0, reply.content_length
         if reply.status == 206:
             start, total = content_range(reply.headers.get("Content-Range"),
                                          reply.request.what)
-        return cls(reply, start, total, md5)
+        return cls(reply, start, total, checksum or Checksum.of("md5", md5))
 
 
 def direct_copy(body: Body) -> DirectBody | None:
