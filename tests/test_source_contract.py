@@ -48,6 +48,8 @@ from mirror.settings import SourceSettings, WorkerSettings
 from mirror.sources.base import Entry, Source
 from mirror.sources.registry import open_source
 from mirror.sources.upyun import LIST_END
+from mirror.testing.fake_artifactory import FakeArtifactory
+from mirror.testing.fake_artifactory.core import Access
 from mirror.testing.fake_upyun import FakeUpyun
 from mirror.testing.fake_upyun.core import Refused
 from mirror.testing.moto import S3_ENV, MotoServer, fill, stamp, tree_objects
@@ -168,6 +170,23 @@ async def serve_s3(tree: Path, request: pytest.FixtureRequest,
                      {**S3_ENV, "AWS_SECRET_ACCESS_KEY": "wrong"}, force)
 
 
+# -- Artifactory: the fake ------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def serve_artifactory(tree: Path, request: pytest.FixtureRequest,
+                            hostile: bool) -> AsyncIterator[Served]:
+    async with FakeArtifactory(tree, repo="repo", access=Access(token="t", anonymous=False)
+                               ) as fake:
+        if hostile:
+            # added to the listing of the root folder (the served tree is shared)
+            fake.extra_children[""] = [("..", True), ("../x", False), (".", False),
+                                       ("a/b", False)]
+        yield Served("artifactory://repo/", {"endpoint": fake.url},
+                     {"ARTIFACTORY_TOKEN": "t"}, {"ARTIFACTORY_TOKEN": "wrong"},
+                     lambda path, status: fake.inject(path, status))
+
+
 HARNESSES = [
     Harness("upyun", serve_upyun),
     Harness("httpindex", serve_nginx, {
@@ -176,6 +195,8 @@ HARNESSES = [
         "503": NGINX_CANNOT,
         "hostile": "a real folder cannot hold names like '..' or '/'"}),
     Harness("s3", serve_s3),
+    Harness("artifactory", serve_artifactory, {
+        "paging": "the Storage API answers a folder in one response"}),
 ]
 CASES = ["paging", "empty", "stat", "range", "mtime", "credentials", "403", "404", "429", "503",
          "hostile"]
