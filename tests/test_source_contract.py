@@ -184,7 +184,7 @@ async def serve_artifactory(tree: Path, request: pytest.FixtureRequest,
                                        ("a/b", False)]
         yield Served("artifactory://repo/", {"endpoint": fake.url},
                      {"ARTIFACTORY_TOKEN": "t"}, {"ARTIFACTORY_TOKEN": "wrong"},
-                     lambda path, status: fake.inject(path, status))
+                     fake.inject)
 
 
 HARNESSES = [
