@@ -178,6 +178,39 @@ async def test_redirects_are_followed_within_a_limit() -> None:
             await c.get(f"{base}/loop", {}, "GET loop")
 
 
+async def test_credentials_do_not_follow_a_redirect_to_another_host() -> None:
+    """A storage server that redirects a download to a CDN must not hand it our token; a
+    redirect on the same origin keeps every header, and Range follows everywhere."""
+    seen: dict[str, dict[str, str]] = {}
+
+    async def cdn(request: web.Request) -> web.Response:
+        seen["cdn"] = dict(request.headers)
+        return web.Response(text="from the cdn")
+
+    async with web_app(cdn) as cdn_url:
+        cdn_base = cdn_url.replace("127.0.0.1", "localhost")  # another origin
+
+        async def origin(request: web.Request) -> web.Response:
+            seen[request.path] = dict(request.headers)
+            if request.path == "/here":
+                raise web.HTTPFound("/there")
+            if request.path == "/away":
+                raise web.HTTPFound(f"{cdn_base}/file")
+            return web.Response(text="at home")
+
+        async with web_app(origin) as base, lean() as c:
+            headers = {"Authorization": "Bearer secret", "X-JFrog-Art-Api": "key",
+                       "Range": "bytes=0-"}
+            response = await c.get(f"{base}/here", headers, "GET here")
+            response.release()
+            response = await c.get(f"{base}/away", headers, "GET away")
+            assert await response.read() == b"from the cdn"
+            response.release()
+    assert seen["/there"]["Authorization"] == "Bearer secret"
+    assert "Authorization" not in seen["cdn"] and "X-JFrog-Art-Api" not in seen["cdn"]
+    assert seen["cdn"]["Range"] == "bytes=0-"
+
+
 async def test_failures_become_source_errors() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = await read_request(reader)

@@ -28,6 +28,10 @@ from mirror.sources.origin import Origin, header_lines, split_url
 
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
+# The request headers that follow a redirect to another origin; the rest (Authorization,
+# API keys, signatures, cookies) are dropped there.
+_CROSS_ORIGIN_SAFE = frozenset(("range", "accept", "if-range", "if-none-match",
+                                "if-modified-since"))
 
 
 class LeanClient:
@@ -56,8 +60,16 @@ class LeanClient:
         if method not in ("GET", "HEAD"):
             raise ProtocolError(f"{what}: the lean client sends GET and HEAD only, not {method}")
         extra = header_lines(headers)
+        first: Origin | None = None
         for _ in range(MAX_REDIRECTS + 1):
             origin, target = split_url(url)
+            if first is None:
+                first = origin
+            elif origin != first and extra:
+                # Another host: credentials stay with the one they were given for (a storage
+                # server that redirects a download to a CDN must not hand it our token).
+                extra = header_lines({k: v for k, v in headers.items()
+                                      if k.lower() in _CROSS_ORIGIN_SAFE})
             response = await self._send(method, origin, url, target, extra, what)
             location = response.headers.get("Location")
             if not follow_redirects or response.status not in _REDIRECTS or not location:
