@@ -239,3 +239,16 @@ async def test_a_run_with_a_hostile_name_and_faults(ledger_url: str, store: Ledg
         lines = out.splitlines()
         assert lines[0].startswith("job,path,source,status") and len(lines) == 4
         assert "fetched" in err and str(len(good)) in err
+
+
+def test_the_bench_runs(tmp_path: Path) -> None:
+    """bench/ledger.py stays runnable (a tiny run on SQLite)."""
+    import subprocess
+
+    bench = Path(__file__).resolve().parent.parent / "bench" / "ledger.py"
+    result = subprocess.run(
+        [sys.executable, str(bench), "--rows", "500", "--rounds", "1", "--only", "sqlite",
+         "--sqlite", str(tmp_path / "bench.db")],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert any(line.startswith("| sqlite | ") for line in result.stdout.splitlines())

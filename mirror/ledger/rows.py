@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,7 +45,8 @@ class Row:
     updated_at: datetime  # UTC, naive: every database keeps it the same way
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # vars(), not asdict(): asdict's deep copy was half the writer's CPU.
+        return dict(vars(self))
 
     @property
     def key(self) -> tuple[str, str]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mirror.errors import ConfigError
 from mirror.ledger.rows import STATUSES, Row, merged
@@ -195,10 +195,6 @@ class LedgerStore:
         async with self._engine.begin() as conn:
             result = await conn.execute(sa.delete(FILES).where(_C.job == job))
             return int(result.rowcount or 0)
-
-    async def connection(self) -> AsyncConnection:
-        """A connection of the store's engine (tests, the bench); the caller closes it."""
-        return await self._engine.connect()
 
     async def close(self) -> None:
         await self._engine.dispose()
