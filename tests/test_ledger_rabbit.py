@@ -86,3 +86,42 @@ async def test_a_killed_ledger_worker_leaves_the_ledger_complete(
     # Skipped: only files the killed worker held (done, and not acked) when it died.
     assert sum(r.status == "skipped" for r in rows) <= 64
     assert all(r.seconds is not None for r in rows if r.status == "fetched")
+
+
+async def test_the_ledger_queue_keeps_events_until_a_writer_commits_them(
+        tmp_path: Path, rabbit_url: str, job_name: str) -> None:
+    """Events published before any writer follows wait in J.ledger (a refused name that is
+    not UTF-8 among them); a writer that goes before its commit leaves them there."""
+    from mirror.broker.rabbitmq import RabbitBroker
+    from mirror.events import file_event, parked_event
+    from mirror.jobs import FetchJob, JobSpec, Reason
+    from mirror.ledger import LedgerSettings
+    from mirror.ledger.attach import attached
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    spec = JobSpec(name=job_name, source=f"upyun://{BUCKET}/")
+    broker = await RabbitBroker.connect(rabbit_url, job_name)
+    try:
+        await broker.declare(spec)
+        await broker.declare_ledger_feed()
+        await broker.publish_event(parked_event(job_name, FetchJob("bad\udcffname"),
+                                                Reason("UnsafePath", "not UTF-8", 0)))
+        for i in range(5):
+            await broker.publish_event(file_event("fetched", job_name, FetchJob(f"f{i}", i), 0.1))
+        await broker.publish_event({"event": "job.finished", "job": job_name})  # not kept
+        held: list[dict[str, object]] = []
+        feed = await broker.follow_ledger_feed(100, lambda event, ack: held.append(event))
+        while len(held) < 6:  # handed over, never acked: a writer that dies before its commit
+            await asyncio.sleep(0.05)
+        await feed.close()
+        started = time.monotonic()
+        async with attached(broker, spec, LedgerSettings(url)) as writer:
+            pass
+        assert writer.written == 6 and time.monotonic() - started < 5
+    finally:
+        await broker.delete_job()
+        await broker.close()
+    store = await LedgerStore.open(url)
+    rows = {r.path: r.status async for r in store.rows(job_name)}
+    await store.close()
+    assert rows == {"bad\\udcffname": "parked", **{f"f{i}": "fetched" for i in range(5)}}

@@ -170,7 +170,11 @@ class LedgerFeed(Protocol):
         ...
 
     async def cancel(self) -> None:
-        """Receive no more; events handed out and not acked are kept for the next writer."""
+        """Receive no more; the events handed out can still be acked until ``close``."""
+        ...
+
+    async def close(self) -> None:
+        """Let go: events handed out and not acked are kept for the next writer."""
         ...
 
 

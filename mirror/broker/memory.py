@@ -175,6 +175,9 @@ class _LedgerFeed:
             self._subscribers.remove(self.on_event)
             self._feeds.remove(self)
 
+    async def close(self) -> None:
+        await self.cancel()
+
 
 class MemoryBroker:
     name = "memory"

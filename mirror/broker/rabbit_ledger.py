@@ -108,9 +108,14 @@ class RabbitLedgerFeed:
         return 0 if counts is None else counts[0]
 
     async def cancel(self) -> None:
-        with contextlib.suppress(*RECOVERABLE):
-            if self._queue is not None and self._tag is not None:
-                await self._queue.cancel(self._tag)
+        # basic.cancel only: the channel stays, so what was handed out can still be acked.
+        tag, self._tag = self._tag, None
+        if self._queue is not None and tag is not None:
+            with contextlib.suppress(*RECOVERABLE):
+                await self._queue.cancel(tag)
+
+    async def close(self) -> None:
+        await self.cancel()
         if self._channel is not None:
             with contextlib.suppress(*RECOVERABLE):
                 await self._channel.close()  # what it held and did not ack goes back

@@ -352,9 +352,12 @@ class RabbitBroker:
         if not self._events_declared:
             # Jobs seeded by an older version have no events exchange yet.
             await self._patiently("creating the events exchange", self._declare_events)
-        await self._publish_raw(events_exchange(self.job), str(event.get("event", "")),
-                                json.dumps(event, ensure_ascii=False).encode(), {},
-                                mandatory=False)
+        try:
+            body = json.dumps(event, ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a refused name that is not UTF-8: escaped, still JSON
+            body = json.dumps(event).encode()
+        await self._publish_raw(events_exchange(self.job), str(event.get("event", "")), body,
+                                {}, mandatory=False)
 
     async def _declare_events(self) -> AbstractExchange:
         channel = await self._publisher.channel()

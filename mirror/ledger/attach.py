@@ -57,7 +57,10 @@ async def attached(bus: Bus, spec: JobSpec, settings: LedgerSettings,
         if feed is not None:
             with contextlib.suppress(MirrorError):
                 await feed.cancel()
-        await writer.close()
+        await writer.close()  # what it was handed: written, then acked
+        if feed is not None:
+            with contextlib.suppress(MirrorError):
+                await feed.close()
         await store.close()
         log.info("ledger of job %s: %d rows written%s", spec.name, writer.written,
                  f", {writer.dropped} refused by the database" if writer.dropped else "")
