@@ -4,6 +4,7 @@ again; its job's ledger ends complete, one row per file, nothing parked, nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -28,6 +29,20 @@ async def mirror_proc(*args: str, log: Path) -> asyncio.subprocess.Process:
             sys.executable, "-m", "mirror", *args, env=cli_env(), stdout=out, stderr=out)
 
 
+async def delete_job(url: str, job: str) -> None:
+    """Every queue of the job (attached first: delete_job needs its layout)."""
+    from mirror.broker.rabbitmq import RabbitBroker
+    from mirror.errors import ConfigError
+
+    broker = await RabbitBroker.connect(url, job)
+    try:
+        with contextlib.suppress(ConfigError):
+            await broker.attach()
+        await broker.delete_job()
+    finally:
+        await broker.close()
+
+
 def files_under(root: Path) -> set[str]:
     return {(Path(d) / n).relative_to(root).as_posix()
             for d, _, names in os.walk(root) for n in names}
@@ -35,7 +50,6 @@ def files_under(root: Path) -> set[str]:
 
 async def test_a_killed_ledger_worker_leaves_the_ledger_complete(
         tmp_path: Path, rabbit_url: str, job_name: str) -> None:
-    from mirror.broker.rabbitmq import RabbitBroker
 
     need_server(5432, "PostgreSQL", "pg_ctlcluster 15 main start")
     bucket = build_bucket(tmp_path / "bucket" / "data", files=240, deep=4, wide=40,
@@ -72,9 +86,7 @@ async def test_a_killed_ledger_worker_leaves_the_ledger_complete(
     finally:
         await store.delete_job(job_name)
         await store.close()
-        broker = await RabbitBroker.connect(rabbit_url, job_name)
-        await broker.delete_job()
-        await broker.close()
+        await delete_job(rabbit_url, job_name)
     print(f"ledger rows before the kill: {before} of {done_before} files done; after: "
           f"{len(rows)} rows of {len(expected)} files")
     assert 0 < done_before < len(expected)
@@ -119,8 +131,8 @@ async def test_the_ledger_queue_keeps_events_until_a_writer_commits_them(
             pass
         assert writer.written == 6 and time.monotonic() - started < 5
     finally:
-        await broker.delete_job()
         await broker.close()
+        await delete_job(rabbit_url, job_name)
     store = await LedgerStore.open(url)
     rows = {r.path: r.status async for r in store.rows(job_name)}
     await store.close()

@@ -177,7 +177,7 @@ def _line(row: Row) -> str:
     return f"{row.status:<8} {size:>10} {took:>9}  {row.path}{error}"
 
 
-def status_from_ledger(url: str, job: str, as_json: bool) -> str:
+def ledger_status(url: str, job: str, as_json: bool) -> str:
     """``mirror status --ledger``: the job's files by status, as the ledger has them."""
     counts = run_async(read_counts(url, job))
     if as_json:
@@ -186,4 +186,4 @@ def status_from_ledger(url: str, job: str, as_json: bool) -> str:
     return counts.render(job)
 
 
-__all__ = ["ledger", "ledger_source", "parked_jobs", "read_counts", "status_from_ledger"]
+__all__ = ["ledger", "ledger_source", "ledger_status", "parked_jobs", "read_counts"]

@@ -15,7 +15,7 @@ from mirror import status as job_status
 from mirror.aio import run_async
 from mirror.broker import Topology
 from mirror.commands.admin import open_admin
-from mirror.commands.ledger import ledger_source, status_from_ledger
+from mirror.commands.ledger import ledger_source, ledger_status, read_counts
 from mirror.commands.options import job_option, start_logging
 from mirror.events import KINDS, each_file
 
@@ -45,18 +45,20 @@ def status(ctx: click.Context, /, job_name: str, broker: str | None, ledger: str
 
     Files done are the totals of the workers running now (each since it started; with
     --watch also of those seen stopping meanwhile); parked files are read from the parked
-    queue. Exits 0 once the job is done with --watch. With --ledger: the job's files by
-    status as its ledger has them (refreshed with --watch until interrupted).
+    queue. Exits 0 once the job is done with --watch. With --ledger too: the job's files by
+    status as its ledger has them; with --ledger alone only those (with --watch refreshed
+    until interrupted).
     """
     start_logging(ctx, False)
-    if ledger is not None:
+    if broker is None and ledger is None:
+        raise click.UsageError("give --broker URL or --ledger URL")
+    if broker is None:
+        assert ledger is not None
         while True:
-            click.echo(status_from_ledger(ledger, job_name, as_json))
+            click.echo(ledger_status(ledger, job_name, as_json))
             if watch_s is None:
                 return 0
             time.sleep(watch_s)
-    if broker is None:
-        raise click.UsageError("give --broker URL (or --ledger URL)")
 
     async def go() -> int:
         b = await open_admin(broker, job_name)
@@ -69,12 +71,17 @@ def status(ctx: click.Context, /, job_name: str, broker: str | None, ledger: str
                 snap = await job_status.take(b, topology, reports, broker_url=broker,
                                              management=management_url, listen_s=listen)
                 summary = job_status.summarize(snap, before)
+                in_ledger = (await read_counts(ledger, job_name)) if ledger else None
                 if as_json:
+                    if in_ledger is not None:
+                        summary["ledger"] = in_ledger.to_dict()
                     click.echo(json.dumps(summary, ensure_ascii=False))
                 else:
                     if watch_s is not None and sys.stdout.isatty():
                         click.clear()
                     click.echo(job_status.render(summary))
+                    if in_ledger is not None:
+                        click.echo(in_ledger.render(job_name))
                 if watch_s is None or summary["done"]:
                     return 0
                 before = snap
