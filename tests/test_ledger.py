@@ -252,3 +252,16 @@ def test_the_bench_runs(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert any(line.startswith("| sqlite | ") for line in result.stdout.splitlines())
+
+
+async def test_a_ledger_that_is_not_there(tmp_path: Path) -> None:
+    """Exit 3 for a database that does not answer, 2 for a URL that cannot be a ledger or
+    a ledger without the table; nothing is made by reading."""
+    code, _, err = await mirror_cmd("ledger", "--ledger", "postgresql://postgres@127.0.0.1:9/x",
+                                    "--job", "j")
+    assert code == 3 and "cannot open the ledger" in err
+    code, _, err = await mirror_cmd("ledger", "--ledger", "oracle://u:secret@h/db", "--job", "j")
+    assert code == 2 and "not supported" in err and "secret" not in err
+    missing = tmp_path / "missing.db"
+    code, _, err = await mirror_cmd("failures", "--job", "j", "--ledger", f"sqlite:///{missing}")
+    assert code == 2 and "does not exist" in err and not missing.exists()

@@ -13,7 +13,9 @@ PostgreSQL and SQLite, ``ON DUPLICATE KEY UPDATE`` with a ``CASE`` per column fo
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -21,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from mirror.errors import ConfigError
+from mirror.errors import ConfigError, LedgerUnavailable
 from mirror.ledger.rows import STATUSES, Row, merged
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,9 @@ class LedgerStore:
     async def open(cls, url: str, create: bool = True) -> LedgerStore:
         where = public_url(url)
         target = engine_url(url)
+        if (not create and target.get_backend_name() == "sqlite" and target.database
+                and not await asyncio.to_thread(os.path.exists, target.database)):
+            raise ConfigError(f"the ledger {where} does not exist")  # (not made empty here)
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if target.get_backend_name() == "sqlite":
             kwargs["connect_args"] = {"timeout": 30}  # another process's write: wait for it
@@ -144,19 +149,32 @@ class LedgerStore:
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         store = cls(engine, where)
         try:
-            async with engine.begin() as conn:
-                if create:
-                    await conn.run_sync(METADATA.create_all, checkfirst=True)
-                elif not await conn.run_sync(lambda c: sa.inspect(c).has_table(FILES.name)):
-                    raise ConfigError(f"the ledger {where} has no table {FILES.name}; no job "
-                                      "has written to it yet")
+            await store._check(create)
         except (OSError, sa.exc.DBAPIError) as exc:
             await engine.dispose()
-            raise ConfigError(f"cannot open the ledger {where}: {_short(exc)}") from exc
+            raise LedgerUnavailable(f"cannot open the ledger {where}: {_short(exc)}") from exc
         except BaseException:
             await engine.dispose()
             raise
         return store
+
+    async def _check(self, create: bool) -> None:
+        """The table is there (made, with ``create``), else ConfigError."""
+        for attempt in range(2):
+            try:
+                async with self._engine.begin() as conn:
+                    if await conn.run_sync(lambda c: sa.inspect(c).has_table(FILES.name)):
+                        return
+                    if create:
+                        await conn.run_sync(METADATA.create_all, checkfirst=True)
+                        return
+            except sa.exc.DBAPIError:
+                # Two workers creating it at once: one fails; the table is there next time.
+                if attempt or not create:
+                    raise
+                continue
+            raise ConfigError(f"the ledger {self.where} has no table {FILES.name}; no job has "
+                              "written to it yet")
 
     async def write(self, rows: Sequence[Row]) -> int:
         """Upsert ``rows`` in one transaction (one row per file: a batch is merged first);
@@ -201,7 +219,8 @@ class LedgerStore:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else repr(exc)
+    lines = str(getattr(exc, "orig", None) or exc).splitlines()
+    text = lines[0] if lines else type(exc).__name__
     return text if len(text) < 200 else text[:197] + "..."
 
 
