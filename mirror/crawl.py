@@ -147,10 +147,12 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
     prefix = f"{job.path}/" if job.path else ""
     for entry in page.entries:
         name = entry.path[len(prefix):] if entry.path.startswith(prefix) else entry.path
-        item: Job = (ListJob(entry.path) if entry.is_dir else
+        item: Job = (FetchJob(entry.path, is_dir=True) if entry.is_dir and page.flat else
+                     ListJob(entry.path) if entry.is_dir else
                      FetchJob(entry.path, entry.size, entry.mtime, entry.etag))
         try:
-            check_name(name)
+            for part in name.split("/") if page.flat else (name,):
+                check_name(part)
         except UnsafePath as exc:
             refused.append((item, UnsafePath(f"in folder {job.path or '/'}: {exc.message}")))
             continue
@@ -166,6 +168,7 @@ async def list_dir(job: ListJob, ctx: Context) -> Outcome:
         follow.append(ListJob(job.path, page.cursor, job.page + 1, empty, last))
     elif job.cursor is None and not page.entries:
         follow.append(FetchJob(job.path, is_dir=True))  # an empty folder is reproduced too
+    follow.extend(ListJob(job.path, fork) for fork in page.forks)
     await _publish(follow, ctx)  # durable before the page counts as listed
     for item, problem in refused:
         log.warning("refused %r: %s", item.path, problem)

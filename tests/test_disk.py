@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mirror import partfile
 from mirror.disk import PART_SUFFIX, Disk, check_name, part_name, split_path
 from mirror.errors import Busy, IntegrityError, UnsafePath
 
@@ -148,3 +149,25 @@ def test_a_second_process_cannot_write_the_same_part(tmp_path: Path) -> None:
             time.sleep(0.05)
     assert part is not None
     part.close()
+
+
+def test_a_durable_large_file_is_sent_on_to_the_disk_as_it_arrives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --fsync, every WRITEBACK_EVERY bytes are handed to the kernel's writeback while
+    the rest still arrives (what the kernel does with them cannot be watched here: the calls
+    and their ranges can); without it, none are."""
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(partfile, "start_writeback",
+                        lambda fd, offset, n: calls.append((offset, n)))
+    step = partfile.WRITEBACK_EVERY
+    chunk = b"x" * (3 << 20)
+    for fsync, expected in ((True, [(0, 9 << 20), (9 << 20, 9 << 20)]), (False, [])):
+        calls.clear()
+        disk = Disk(tmp_path / str(fsync), fsync=fsync)
+        (tmp_path / str(fsync)).mkdir()
+        part = disk.begin("big.bin", 20 << 20, None, 0.001)
+        assert part is not None
+        for _ in range(6):  # 18 MB in 3 MB pieces: handed on at 9 and at 18 MB
+            part.write(chunk, False)
+        part.close()
+        assert calls == expected and all(n >= step for _, n in calls)

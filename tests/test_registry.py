@@ -23,6 +23,7 @@ from mirror.sources.backend import Backend, SourceOptions, declared, option
 from mirror.sources.base import Source
 from mirror.sources.httpindex import HttpIndexSource
 from mirror.sources.registry import MODULES, backend_for, backends, open_source, scheme_of
+from mirror.sources.s3 import S3Source
 from mirror.sources.upyun import UpyunOptions, UpyunSource
 from tests.conftest import CREDENTIALS
 from tests.test_imports import graph
@@ -33,6 +34,7 @@ EXAMPLES: list[tuple[str, type, str]] = [
     ("UPYUN://bkt", UpyunSource, "upyun://bkt/"),
     ("http://127.0.0.1:1/pub/", HttpIndexSource, "http://127.0.0.1:1/pub/"),
     ("https://example.org/a/b", HttpIndexSource, "https://example.org/a/b/"),
+    ("s3://bkt/some/prefix/", S3Source, "s3://bkt/some/prefix"),
 ]
 
 
@@ -200,4 +202,4 @@ def test_the_mirror_command_refuses_another_backends_flag(tmp_path: Path) -> Non
                            str(tmp_path / "dest"), "--list-limit", "5"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2, done.stderr
-    assert "--list-limit is for upyun:// sources, not http://" in done.stderr
+    assert "--list-limit is for upyun:// and s3:// sources, not http://" in done.stderr

@@ -26,10 +26,18 @@ class Entry:
 
 @dataclass(frozen=True)
 class Page:
-    """One page of a folder listing; ``cursor`` None means this was the last page."""
+    """One page of a folder listing; ``cursor`` None means this was the last page.
+
+    A ``flat`` page lists a whole subtree (S3 without a delimiter): its entries' paths may
+    lie in sub-folders, and its folders are made, not listed again. ``forks`` are cursors of
+    further pages of the same listing that can be listed in parallel with ``cursor`` (key
+    ranges split off).
+    """
 
     entries: tuple[Entry, ...]
     cursor: str | None
+    flat: bool = False
+    forks: tuple[str, ...] = ()
 
 
 class Body(Protocol):

@@ -23,6 +23,7 @@ from mirror.sources.base import Source
 MODULES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "mirror.sources.upyun": ("upyun",),
     "mirror.sources.httpindex": ("http", "https"),
+    "mirror.sources.s3": ("s3",),
 })
 
 # RFC 3986's scheme, before "://" (upyun://BUCKET) or a bare ":" (urls:FILE, urls:-).
