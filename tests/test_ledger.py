@@ -124,6 +124,50 @@ def test_parked_rows_keep_their_reason_and_folders_their_mark() -> None:
     assert n.path_key != row("nul\\x00name", "fetched", 0).path_key
 
 
+class FlakyStore:
+    """A database that is away for its first ``away`` writes and refuses one path."""
+
+    where = "flaky"
+
+    def __init__(self, away: int, refused: str) -> None:
+        self.away = away
+        self.refused = refused
+        self.rows: list[Row] = []
+
+    async def write(self, rows: list[Row]) -> int:
+        import sqlalchemy as sa
+
+        if self.away:
+            self.away -= 1
+            raise sa.exc.OperationalError("INSERT", {}, ConnectionError("server closed"))
+        if any(r.path == self.refused for r in rows):
+            raise sa.exc.DataError("INSERT", {}, ValueError("value too long"))
+        self.rows.extend(rows)
+        return len(rows)
+
+
+async def test_the_writer_waits_for_its_database_and_drops_only_what_it_refuses() -> None:
+    from mirror.ledger.writer import LedgerWriter
+
+    store = FlakyStore(away=2, refused="bad")
+    writer = LedgerWriter(store, "j", ROOT, LedgerSettings("x://", linger_s=0.01))  # type: ignore[arg-type]
+    acked: list[str] = []
+
+    def ack_of(path: str) -> Any:
+        async def ack() -> None:
+            assert any(r.path == path for r in store.rows) or path == "bad"  # after the commit
+            acked.append(path)
+        return ack
+
+    writer.start()
+    for path in ("a", "bad", "b"):
+        writer.add({"event": "file.fetched", "job": "j", "path": path, "size": 1, "time": 1.0},
+                   ack_of(path))
+    await writer.close()
+    assert sorted(r.path for r in store.rows) == ["a", "b"]
+    assert (writer.written, writer.dropped, sorted(acked)) == (2, 1, ["a", "b", "bad"])
+
+
 # -- the table, on each database -----------------------------------------------------------
 
 async def test_upserts_follow_the_rule_in_the_database(store: LedgerStore, job_name: str

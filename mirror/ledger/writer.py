@@ -78,8 +78,8 @@ class LedgerWriter:
                 await self._write_pending()
             except (sa_exc.SQLAlchemyError, OSError):
                 raise  # closing, and the database stayed away: close() says so
-            except Exception:
-                log.exception("ledger %s: a batch was lost", self._store.where)
+            except Exception:  # a bug: the batch stays pending, tried again with the next
+                log.exception("ledger %s: writing a batch failed", self._store.where)
 
     async def _write_pending(self) -> None:
         rows, acks = self._rows, self._acks
@@ -99,14 +99,29 @@ class LedgerWriter:
                 await ack()
 
     async def _write(self, rows: list[Row]) -> None:
+        try:
+            await self._patiently(rows)
+        except DATA_ERRORS as exc:
+            log.warning("ledger %s refused a batch (%s); writing its rows one by one",
+                        self._store.where, _first_line(exc))
+            for row in rows:
+                try:
+                    await self._patiently([row])
+                except DATA_ERRORS as one:
+                    self.dropped += 1
+                    log.error("ledger %s: row of %r dropped: %s", self._store.where,
+                              row.path, _first_line(one))
+
+    async def _patiently(self, rows: list[Row]) -> None:
+        """Write ``rows``, waiting for a database that is away (until the close's patience
+        is spent); the database's refusal of the data itself is raised at once."""
         delay = 0.5
         while True:
             try:
                 self.written += await self._store.write(rows)
                 return
-            except DATA_ERRORS as exc:
-                await self._one_by_one(rows, exc)
-                return
+            except DATA_ERRORS:
+                raise
             except (sa_exc.SQLAlchemyError, OSError) as exc:
                 if self._closing and time.monotonic() > self._deadline:
                     raise
@@ -114,17 +129,6 @@ class LedgerWriter:
                             self._store.where, len(rows), _first_line(exc), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-
-    async def _one_by_one(self, rows: list[Row], exc: BaseException) -> None:
-        log.warning("ledger %s refused a batch (%s); writing its rows one by one",
-                    self._store.where, _first_line(exc))
-        for row in rows:
-            try:
-                self.written += await self._store.write([row])
-            except DATA_ERRORS as one:
-                self.dropped += 1
-                log.error("ledger %s: row of %r dropped: %s", self._store.where, row.path,
-                          _first_line(one))
 
     async def close(self) -> None:
         """Write what is pending (waiting a while for a database that is away), then stop."""
