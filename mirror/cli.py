@@ -21,7 +21,7 @@ import click
 
 from mirror import __version__
 from mirror.aio import tune_gc
-from mirror.commands import admin, mirroring, tools, watching
+from mirror.commands import admin, ledger, mirroring, tools, watching
 from mirror.errors import ConfigError, FatalError, MirrorError
 
 
@@ -42,8 +42,8 @@ def cli(ctx: click.Context, /, config: Path | None, verbose: int, quiet: bool) -
 
 SUBCOMMANDS: tuple[click.Command, ...] = (
     mirroring.run, mirroring.seed, mirroring.work, watching.status, watching.watch,
-    admin.failures, admin.retry, admin.stop, tools.demo, tools.ls, tools.fake_upyun,
-    tools.fake_artifactory)
+    admin.failures, admin.retry, admin.stop, ledger.ledger, tools.demo, tools.ls,
+    tools.fake_upyun, tools.fake_artifactory)
 for _subcommand in SUBCOMMANDS:
     cli.add_command(_subcommand)
 COMMANDS = tuple(cli.commands)  # the tables a config file may have, besides [credentials]

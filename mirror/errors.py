@@ -116,5 +116,9 @@ class BrokerUnavailable(FatalError):
     """The broker cannot be reached (at startup) or refused our session."""
 
 
+class LedgerUnavailable(FatalError):
+    """The ledger's database cannot be reached (at startup) or refused our session."""
+
+
 class ConfigError(FatalError):
     """Invalid settings or arguments; reported as a usage error (exit 2)."""

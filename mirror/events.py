@@ -11,10 +11,16 @@ as routing key:
 Delivery is at least once: a file's event is confirmed by the broker before its job is acked,
 so a worker that dies in between does the file again (a skip) and sends a second event.
 Consumers key on ``path``. Over RabbitMQ the files settled at about the same time are reported
-together: one event per kind with ``files``, a list of ``{"path", "size"}``, instead of
-``path`` and ``size`` (``each_file`` spreads it out; ``mirror.broker.batching``). A system
-that must not miss events binds its own durable queue to ``J.events`` before it seeds the job;
+together: one event per kind with ``files``, a list of ``{"path", "size", ...}`` (the
+``FILE_FIELDS``), instead of those fields at the top (``each_file`` spreads it out;
+``mirror.broker.batching``). A system that must not miss events binds its own durable queue to
+``J.events`` before it seeds the job (the ledger's is ``J.ledger``, ``mirror.ledger``);
 ``mirror watch`` binds a temporary one.
+
+A file event carries ``path``, ``size`` and, since the ledger, ``source`` (the job's source
+URL joined with the path) and, for a fetched file, ``seconds`` (from its transfer slot to its
+outcome, durable). Fields are only ever added: a reader ignores those it does not know, and one
+that needs a newer field finds it missing in an older worker's events.
 """
 
 from __future__ import annotations
@@ -45,8 +51,24 @@ def _base(kind: str, job: str) -> dict[str, Any]:
     return {"event": kind, "job": job, "time": round(time.time(), 3), "host": host, "pid": pid}
 
 
-def file_event(kind: str, job_name: str, job: FetchJob) -> dict[str, Any]:
-    return {**_base(f"file.{kind}", job_name), "path": job.path, "size": job.size}
+# The fields of one file, which a shared event lists per file under ``files``.
+FILE_FIELDS = ("path", "size", "seconds", "source")
+
+
+def remote_of(root: str, path: str) -> str:
+    """Where ``path`` is at the source: the job's source URL joined with it (not escaped)."""
+    return f"{root.rstrip('/')}/{path}" if path else root
+
+
+def file_event(kind: str, job_name: str, job: FetchJob, seconds: float | None = None,
+               root: str | None = None) -> dict[str, Any]:
+    """``root``: the job's source URL (the event's ``source``); ``seconds``: the fetch's."""
+    event = {**_base(f"file.{kind}", job_name), "path": job.path, "size": job.size}
+    if root is not None:
+        event["source"] = remote_of(root, job.path)
+    if seconds is not None:
+        event["seconds"] = round(seconds, 4)
+    return event
 
 
 def each_file(event: dict[str, Any]) -> list[dict[str, Any]]:
@@ -58,11 +80,14 @@ def each_file(event: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**base, **f} for f in files if isinstance(f, dict)]
 
 
-def parked_event(job_name: str, job: Job, reason: Reason) -> dict[str, Any]:
+def parked_event(job_name: str, job: Job, reason: Reason,
+                 root: str | None = None) -> dict[str, Any]:
     if isinstance(job, FetchJob) and not job.is_dir:
-        event = file_event("parked", job_name, job)
+        event = file_event("parked", job_name, job, root=root)
     else:
         event = {**_base("folder.parked", job_name), "path": job.path}
+        if root is not None:
+            event["source"] = remote_of(root, job.path)
     event["reason"] = reason.to_dict()
     return event
 
@@ -71,5 +96,5 @@ def finished_event(job_name: str, counts: dict[str, int]) -> dict[str, Any]:
     return {**_base("job.finished", job_name), **counts}
 
 
-__all__ = ["KINDS", "each_file", "events_exchange", "file_event", "finished_event",
-           "parked_event"]
+__all__ = ["FILE_FIELDS", "KINDS", "each_file", "events_exchange", "file_event",
+           "finished_event", "parked_event", "remote_of"]

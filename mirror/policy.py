@@ -42,13 +42,17 @@ class Policy:
         self.file_events = file_events
         self._on_fatal = on_fatal
 
-    async def done(self, delivery: Delivery, outcome: Outcome) -> None:
+    async def done(self, delivery: Delivery, outcome: Outcome,
+                   seconds: float | None = None) -> None:
+        """``seconds``: how long the fetch took (told in a fetched file's event)."""
         try:
             job = delivery.job
             if (outcome in ("fetched", "skipped") and self.file_events
                     and isinstance(job, FetchJob) and self.broker.events_heard):
                 # Confirmed before the ack: at least once, never lost.
-                await self.broker.publish_event(file_event(outcome, self.spec.name, job))
+                await self.broker.publish_event(file_event(
+                    outcome, self.spec.name, job, seconds if outcome == "fetched" else None,
+                    self.spec.source))
         except BrokerError as exc:
             await self.failed(delivery, exc)
             return
@@ -91,7 +95,8 @@ class Policy:
         self.stats.park(delivery.job.path, reason)
         with contextlib.suppress(MirrorError):  # parking matters more than telling about it
             if self.file_events:
-                await self.broker.publish_event(parked_event(self.spec.name, delivery.job, reason))
+                await self.broker.publish_event(parked_event(self.spec.name, delivery.job,
+                                                             reason, self.spec.source))
         await self._settle(delivery.park(reason))
 
     async def release(self, delivery: Delivery) -> None:

@@ -11,7 +11,7 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from mirror.diskpool import disk_pool
 from mirror.errors import ConfigError, FatalError, NotFound
 from mirror.jobs import Job, JobSpec, ListJob
 from mirror.jobsource import options_of, source_for
+from mirror.ledger import LedgerSettings
 from mirror.parking import journal_path, write_journal
 from mirror.progress import Progress, summary
 from mirror.ratelimit import Limiter, RateSettings
@@ -76,6 +77,7 @@ class WorkOptions:
     processes: int = 1  # fetch in this many child processes (mirror.fetchpool); 1: in-process
     # --processes auto: ``processes`` is what the cores allow, used once the job is big enough.
     processes_auto: bool = False
+    ledger: LedgerSettings | None = None  # --ledger: write each file's outcome there
 
 
 async def connect_broker(url: str | None, job: str, role: str = "all",
@@ -104,8 +106,10 @@ async def check_source(source: Source, url: str) -> None:
 
 
 async def seed(broker: Broker, spec: JobSpec, *, force: bool = False,
-               initial: Sequence[Job] | None = None) -> tuple[JobSpec, str]:
+               initial: Sequence[Job] | None = None, ledger: bool = False
+               ) -> tuple[JobSpec, str]:
     """Create the job (or find it) and put its root listing in the queue unless it is running.
+    ``ledger``: keep the job's events for a ledger, from before its first file.
 
     Returns the spec in force and what was done, for the operator.
     """
@@ -128,6 +132,8 @@ async def seed(broker: Broker, spec: JobSpec, *, force: bool = False,
         spec = existing
     else:
         await broker.declare(spec)
+    if ledger:
+        await broker.declare_ledger_feed()
     topology = Topology(spec)
     depths = await broker.depths()
     pending = sum(d.ready + (d.unacked or 0) for q, d in depths.items()
@@ -202,17 +208,35 @@ async def work(broker: Broker, spec: JobSpec, source: Source, placement: Placeme
 
         pool = FetchPool(options.processes, spec, source_settings, options.worker, placement,
                          options.rates, stats, forked)
-    worker = Worker(broker, spec, source, placement, options.worker, stats, limiter, pool,
-                    pool_when_needed=options.processes_auto)
-    if pool is not None:
-        pool.on_limits = worker.pool_limits_changed
     try:
-        if pool is not None:
-            await pool.start()
-        return await _exported(broker, spec, worker, stats, placement, options)
+        async with _ledger(broker, spec, options) as working:
+            worker = Worker(broker, spec, source, placement, working.worker, stats, limiter,
+                            pool, pool_when_needed=working.processes_auto)
+            if pool is not None:
+                pool.on_limits = worker.pool_limits_changed
+                await pool.start()
+            return await _exported(broker, spec, worker, stats, placement, working)
     finally:
         if pool is not None:
             await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def _ledger(broker: Broker, spec: JobSpec,
+                  options: WorkOptions) -> AsyncIterator[WorkOptions]:
+    """The work's options, with the ledger of ``options`` written meanwhile (and drained at
+    the end of a job worked until idle). File events are sent where a ledger keeps them."""
+    if not options.worker.file_events and (
+            options.ledger is not None or await broker.declare_ledger_feed(create=False)):
+        log.warning("job %s has a ledger: file events are sent despite --no-events", spec.name)
+        options = replace(options, worker=replace(options.worker, file_events=True))
+    if options.ledger is None:
+        yield options
+        return
+    from mirror.ledger.attach import attached  # SQLAlchemy: only with a ledger
+
+    async with attached(broker, spec, options.ledger, drain=options.until_idle):
+        yield options
 
 
 async def _exported(broker: Broker, spec: JobSpec, worker: Worker, stats: Stats,
@@ -271,7 +295,8 @@ async def run_job(spec: JobSpec, dest: Path, broker_url: str | None,  # noqa: PL
     pool = disk_pool(options.worker.most_transfers)
     try:
         await check_source(source, spec.source)
-        spec, what = await seed(broker, spec, initial=initial)
+        spec, what = await seed(broker, spec, initial=initial,
+                                ledger=options.ledger is not None)
         log.info("%s", what)
         disk = Disk(dest, fsync=options.worker.fsync, pool=pool)
         await disk.run(disk.check_writable)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any, Protocol
 
 from mirror.broker import Broker, Consumer, Delivery, Topology
@@ -313,6 +314,7 @@ class Worker:
 
     async def _process(self, delivery: Delivery) -> None:
         job = delivery.job
+        started = 0.0  # when the fetch got its transfer slot (its event tells the seconds)
         try:
             if isinstance(job, ListJob):
                 self._listing += 1
@@ -322,9 +324,11 @@ class Worker:
                     self._listing -= 1
             elif self._pool is not None and self._use_pool():
                 async with self._pool_slots:  # the processes adapt their own slots
+                    started = time.monotonic()
                     outcome = await self._pool.fetch(job)
             else:
                 async with self._fetch_slots:
+                    started = time.monotonic()
                     moved = 0
                     try:
                         outcome = await fetch_file(job, self.ctx)
@@ -337,4 +341,5 @@ class Worker:
         except Exception as exc:
             await self.policy.failed(delivery, exc)
         else:
-            await self.policy.done(delivery, outcome)
+            await self.policy.done(delivery, outcome,
+                                   time.monotonic() - started if started else None)

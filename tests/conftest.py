@@ -49,6 +49,22 @@ def rabbit_available() -> None:
         pytest.skip(message)
 
 
+# The SQL servers of the ledger's tests (trust / password-less root on loopback, as .ci/run
+# sets them up).
+POSTGRES_URL = os.environ.get("MIRROR_TEST_POSTGRES_URL",
+                              "postgresql://postgres@127.0.0.1:5432/test")
+MARIADB_URL = os.environ.get("MIRROR_TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/test")
+
+
+def need_server(port: int, what: str, start: str) -> None:
+    """A server on 127.0.0.1:``port``: a failure in CI without it, a loud skip elsewhere."""
+    if not _reachable("127.0.0.1", port):
+        message = f"{what} is not reachable at 127.0.0.1:{port} (start it: {start})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def need_tool(tool: str, install: str) -> str:
     """The path of a command-line tool; a failure in CI without it, a loud skip elsewhere."""
     path = shutil.which(tool)
@@ -84,4 +100,5 @@ def pytest_report_header() -> str:
     return f"broker for tests: {RABBIT_URL.split('@')[-1]}; CI={os.environ.get('CI', '')}"
 
 
-__all__ = ["BUCKET", "CREDENTIALS", "OPERATOR", "PASSWORD", "Path"]
+__all__ = ["BUCKET", "CREDENTIALS", "MARIADB_URL", "OPERATOR", "PASSWORD", "POSTGRES_URL", "Path",
+           "need_server"]

@@ -154,6 +154,28 @@ class Delivery(Protocol):
 
 Handler = Callable[[Delivery], Awaitable[None]]
 ControlCallback = Callable[[dict[str, Any]], None]
+# One event of a job's ledger feed, and its ack (None where nothing is kept to ack).
+FeedHandler = Callable[[dict[str, Any], Callable[[], Awaitable[None]] | None], None]
+
+
+class LedgerFeed(Protocol):
+    """The job's file events, kept for its ledger, as one writer receives them."""
+
+    # Whether events wait in the feed for a writer (RabbitMQ); else each is handed over as
+    # it is published (in-process), and none is on its way once the work is done.
+    kept: bool
+
+    async def waiting(self) -> int:
+        """Events kept and not yet handed to any writer (0 where nothing is kept)."""
+        ...
+
+    async def cancel(self) -> None:
+        """Receive no more; the events handed out can still be acked until ``close``."""
+        ...
+
+    async def close(self) -> None:
+        """Let go: events handed out and not acked are kept for the next writer."""
+        ...
 
 
 class Consumer(Protocol):
@@ -194,6 +216,18 @@ class Bus(Protocol):
 
     async def subscribe_events(self, callback: ControlCallback) -> None:
         """Receive the job's events from now on (a temporary subscription)."""
+        ...
+
+    async def declare_ledger_feed(self, create: bool = True) -> bool:
+        """Keep the job's file and folder events for a ledger from now on, whether a writer
+        runs or not (RabbitMQ: the durable queue ``J.ledger``); with ``create`` False only
+        tell whether they are kept. The embedded broker keeps nothing: its ledger follows
+        the events in-process, and it answers whether one does."""
+        ...
+
+    async def follow_ledger_feed(self, prefetch: int, handler: FeedHandler) -> LedgerFeed:
+        """Hand the kept events to ``handler``, at most ``prefetch`` unacked at once; an
+        event's ack is to be called once its rows are committed."""
         ...
 
 
@@ -253,7 +287,9 @@ __all__ = [
     "Consumer",
     "ControlCallback",
     "Delivery",
+    "FeedHandler",
     "Handler",
+    "LedgerFeed",
     "ParkedJob",
     "QueueDepth",
     "Topology",

@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 
 from mirror.broker import Carriage, QueueDepth, Topology
 from mirror.errors import BrokerError, ProtocolError
+from mirror.events import FILE_FIELDS
 from mirror.jobs import SCHEMA_VERSION, FetchJob, Job, ListJob, encode_job, fields_of, job_from_dict
 
 T = TypeVar("T")
@@ -250,8 +251,8 @@ class EventOutbox(_Outbox[dict[str, Any]]):
         if len(items) == 1:
             await self._publish(items[0])
             return
-        first = {k: v for k, v in items[0].items() if k not in ("path", "size")}
-        await self._publish({**first, "files": [{"path": e.get("path"), "size": e.get("size")}
+        first = {k: v for k, v in items[0].items() if k not in FILE_FIELDS}
+        await self._publish({**first, "files": [{k: e[k] for k in FILE_FIELDS if k in e}
                                                 for e in items]})
 
 

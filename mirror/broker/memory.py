@@ -17,7 +17,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mirror.broker import Carriage, ControlCallback, Handler, ParkedJob, QueueDepth, Topology
+from mirror.broker import (
+    Carriage,
+    ControlCallback,
+    FeedHandler,
+    Handler,
+    ParkedJob,
+    QueueDepth,
+    Topology,
+)
 from mirror.concurrency import Slots
 from mirror.errors import ConfigError
 from mirror.jobs import FetchJob, Job, JobSpec, ListJob, Reason
@@ -145,6 +153,32 @@ class _Consumer:
             self._queue.consumers -= 1
 
 
+class _LedgerFeed:
+    """A ledger following the events in-process: each handed over as it is published."""
+
+    kept = False
+
+    def __init__(self, subscribers: list[ControlCallback], feeds: list[_LedgerFeed],
+                 handler: FeedHandler) -> None:
+        self._subscribers = subscribers
+        self._feeds = feeds
+        self._handler = handler
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        self._handler(event, None)
+
+    async def waiting(self) -> int:
+        return 0
+
+    async def cancel(self) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(self.on_event)
+            self._feeds.remove(self)
+
+    async def close(self) -> None:
+        await self.cancel()
+
+
 class MemoryBroker:
     name = "memory"
 
@@ -156,6 +190,7 @@ class MemoryBroker:
         self._on_park = on_park
         self._subscribers: list[ControlCallback] = []
         self._event_subscribers: list[ControlCallback] = []
+        self._ledgers: list[_LedgerFeed] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
 
@@ -272,6 +307,15 @@ class MemoryBroker:
 
     async def subscribe_events(self, callback: ControlCallback) -> None:
         self._event_subscribers.append(callback)
+
+    async def declare_ledger_feed(self, create: bool = True) -> bool:
+        return bool(self._ledgers)  # nothing to keep: a ledger here follows in-process
+
+    async def follow_ledger_feed(self, prefetch: int, handler: FeedHandler) -> _LedgerFeed:
+        feed = _LedgerFeed(self._event_subscribers, self._ledgers, handler)
+        self._event_subscribers.append(feed.on_event)
+        self._ledgers.append(feed)
+        return feed
 
     async def close(self) -> None:
         for handle in self._timers:

@@ -10,6 +10,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from mirror.broker import Topology
 from mirror.broker.rabbit_common import QUEUE_ARGS, RECOVERABLE, short
+from mirror.broker.rabbit_ledger import ledger_queue
 from mirror.errors import ConfigError, ProtocolError
 from mirror.events import events_exchange
 from mirror.jobs import JobSpec
@@ -89,7 +90,7 @@ async def read_spec(conn: AbstractRobustConnection, job: str, where: str) -> Job
 async def delete_job(conn: AbstractRobustConnection, job: str,
                      topology: Topology | None) -> None:
     """Remove every queue and exchange of the job (its queued and parked work too)."""
-    names = [meta_queue(job)]
+    names = [meta_queue(job), ledger_queue(job)]
     if topology is not None:
         names += [*topology.pending_queues, topology.parked_queue]
     channel = await conn.channel()

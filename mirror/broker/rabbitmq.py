@@ -9,7 +9,9 @@ Layout of one job ``J`` (every name starts with the job name, so jobs never touc
 - ``J.parked``: jobs that failed for good, with their reason in headers;
 - ``J.meta``: one message, the job's spec, so a worker needs nothing but the job name;
 - ``J.control``: fanout exchange for presence reports and stop requests (not durable data);
-- ``J.events``: topic exchange of job events (``mirror.events``) for other systems to follow.
+- ``J.events``: topic exchange of job events (``mirror.events``) for other systems to follow;
+- ``J.ledger``: where a job with a ledger keeps its file events for the writer
+  (``rabbit_ledger``, ``mirror.ledger``).
 
 Publishing and consuming use separate robust connections: a consumer that the broker blocks
 (resource alarm) or a slow ack path does not stall follow-up publishes, and vice versa.
@@ -47,6 +49,7 @@ from aio_pika.abc import (
 from mirror.broker import (
     Carriage,
     ControlCallback,
+    FeedHandler,
     Handler,
     ParkedJob,
     QueueDepth,
@@ -65,6 +68,7 @@ from mirror.broker.rabbit_channels import PUBLISH_PATIENCE_S, Publisher, subscri
 from mirror.broker.rabbit_common import (
     ATTEMPTS,
     RECOVERABLE,
+    QueueReader,
     close_all,
     public_name,
     short,
@@ -75,6 +79,7 @@ from mirror.broker.rabbit_consumer import (
     RabbitMessage,
     deliver_each,
 )
+from mirror.broker.rabbit_ledger import RabbitLedgerFeed, declare_ledger_queue
 from mirror.broker.rabbit_parked import park_headers, read_parked, requeue_parked
 from mirror.broker.rabbit_setup import (
     control_exchange,
@@ -103,7 +108,7 @@ class RabbitBroker:
         self._con_conn = consumer
         self._publisher = Publisher(publisher, self.name, job, window)
         self._topology: Topology | None = None
-        self._query_channel: AbstractChannel | None = None
+        self._reader = QueueReader(publisher)
         self._channels: list[AbstractChannel] = []  # strong refs: robust restore needs them
         self._tasks: set[asyncio.Task[Any]] = set()
         self._events_declared = False
@@ -282,29 +287,8 @@ class RabbitBroker:
     # -- inspection --------------------------------------------------------------------
 
     async def _queue_depth(self, name: str) -> QueueDepth | None:
-        for _ in range(2):
-            if self._query_channel is None or self._query_channel.is_closed:
-                self._query_channel = await self._pub_conn.channel()
-            try:
-                # The raw channel: aio-pika's robust channel answers a passive declare of a
-                # queue it knows from its cache, with stale counts.
-                raw = await self._query_channel.get_underlay_channel()
-                result = await raw.queue_declare(name, passive=True)
-            except aio_pika.exceptions.ChannelNotFoundEntity:
-                await self._drop_query_channel()  # the broker closed it
-                return None
-            except (aio_pika.exceptions.ChannelInvalidStateError,
-                    aio_pika.exceptions.ChannelClosed):
-                await self._drop_query_channel()
-                continue
-            return QueueDepth(result.message_count or 0, None, result.consumer_count or 0)
-        return None
-
-    async def _drop_query_channel(self) -> None:
-        channel, self._query_channel = self._query_channel, None
-        if channel is not None:
-            with contextlib.suppress(*RECOVERABLE):
-                await channel.close()  # or the robust wrapper reopens it behind our back
+        counts = await self._reader.counts(name)
+        return None if counts is None else QueueDepth(counts[0], None, counts[1])
 
     async def depths(self) -> dict[str, QueueDepth]:
         topology = self.topology
@@ -368,9 +352,12 @@ class RabbitBroker:
         if not self._events_declared:
             # Jobs seeded by an older version have no events exchange yet.
             await self._patiently("creating the events exchange", self._declare_events)
-        await self._publish_raw(events_exchange(self.job), str(event.get("event", "")),
-                                json.dumps(event, ensure_ascii=False).encode(), {},
-                                mandatory=False)
+        try:
+            body = json.dumps(event, ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a refused name that is not UTF-8: escaped, still JSON
+            body = json.dumps(event).encode()
+        await self._publish_raw(events_exchange(self.job), str(event.get("event", "")), body,
+                                {}, mandatory=False)
 
     async def _declare_events(self) -> AbstractExchange:
         channel = await self._publisher.channel()
@@ -383,6 +370,15 @@ class RabbitBroker:
         await self._patiently("subscribing to job events",
                               lambda: self._subscribe_to(events_exchange(self.job), callback,
                                                          declare=self._declare_events))
+
+    async def declare_ledger_feed(self, create: bool = True) -> bool:
+        return await self._patiently("declaring the ledger queue", lambda: declare_ledger_queue(
+            self._pub_conn, self.job, self.name, create))
+
+    async def follow_ledger_feed(self, prefetch: int, handler: FeedHandler) -> RabbitLedgerFeed:
+        feed = RabbitLedgerFeed(self._con_conn, self.job, self.name)
+        await self._patiently("consuming the ledger queue", lambda: feed.start(prefetch, handler))
+        return feed
 
     # -- tear-down ---------------------------------------------------------------------
 

@@ -15,9 +15,11 @@ from mirror import runner
 from mirror.aio import run_async
 from mirror.broker import ParkedJob
 from mirror.broker.admin import BrokerAdmin, connect_admin
+from mirror.commands.ledger import ledger_source, parked_jobs
 from mirror.commands.options import (
     broker_option,
     job_option,
+    ledger_option,
     live_progress,
     make_source_settings,
     make_work_options,
@@ -45,13 +47,18 @@ def _selector(reasons: tuple[str, ...]) -> Callable[[ParkedJob], bool]:
 @job_option
 @broker_option
 @state_option
+@ledger_source(required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--limit", type=click.IntRange(1), default=100_000, show_default=True,
               help="Read at most this many parked jobs.")
 @click.pass_context
 def failures(ctx: click.Context, /, job_name: str, broker: str | None, state_dir: Path | None,
-             as_json: bool, limit: int) -> int:
-    """List the parked jobs of job NAME, grouped by reason (error, HTTP status, source code)."""
+             ledger: str | None, as_json: bool, limit: int) -> int:
+    """List the parked jobs of job NAME, grouped by reason (error, HTTP status, source code).
+
+    From the broker's parked queue, the embedded run's journal, or with --ledger the
+    ledger's parked rows.
+    """
     start_logging(ctx, False)
 
     async def from_broker(url: str) -> list[ParkedJob]:
@@ -61,7 +68,9 @@ def failures(ctx: click.Context, /, job_name: str, broker: str | None, state_dir
         finally:
             await b.close()
 
-    if broker is not None:
+    if ledger is not None:
+        parked = parked_jobs(ledger, runner.check_job_name(job_name), limit)
+    elif broker is not None:
         parked = run_async(from_broker(broker))
     else:
         state = state_dir_of({"state_dir": state_dir})
@@ -94,6 +103,7 @@ def failures(ctx: click.Context, /, job_name: str, broker: str | None, state_dir
                    "a source code (40400001). Repeatable; default: all.")
 @connection_options
 @worker_options
+@ledger_option
 @click.pass_context
 def retry(ctx: click.Context, /, job_name: str, broker: str | None, reasons: tuple[str, ...],
           **o: Any) -> int:

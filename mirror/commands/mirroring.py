@@ -11,6 +11,7 @@ from mirror import runner
 from mirror.aio import run_async
 from mirror.commands.options import (
     job_options,
+    ledger_option,
     live_progress,
     make_source_settings,
     make_spec,
@@ -24,6 +25,7 @@ from mirror.commands.sourceflags import connection_options, source_options
 from mirror.disk import Placement
 from mirror.diskpool import disk_pool
 from mirror.jobsource import source_for
+from mirror.ledger import LedgerSettings
 from mirror.placement import build_placement, parse_claim
 from mirror.ratelimit import Limiter
 
@@ -38,6 +40,7 @@ from mirror.ratelimit import Limiter
 @source_options
 @worker_options
 @job_options
+@ledger_option
 @click.pass_context
 def run(ctx: click.Context, /, source: str, dest: Path, broker: str | None, job_name: str | None,
         **o: Any) -> int:
@@ -67,13 +70,16 @@ def run(ctx: click.Context, /, source: str, dest: Path, broker: str | None, job_
 @click.option("--force", is_flag=True, help="Seed again even if the job has pending work.")
 @source_options
 @job_options
+@ledger_option
 @click.pass_context
 def seed(ctx: click.Context, /, source: str, job_name: str, broker: str, force: bool,
-         **o: Any) -> int:
+         ledger: str | None, **o: Any) -> int:
     """Create job NAME on the broker and queue the listing of SOURCE.
 
     Workers started with `mirror work --job NAME` then list and fetch it. Seeding a job that
-    still has pending work only resumes it (unless --force).
+    still has pending work only resumes it (unless --force). With --ledger the job's file
+    events are kept for the ledger from the start (its table is created here), until a
+    worker with --ledger writes them.
     """
     start_logging(ctx, False)
     spec = make_spec(ctx, runner.check_job_name(job_name), source, o)
@@ -84,11 +90,17 @@ def seed(ctx: click.Context, /, source: str, job_name: str, broker: str, force: 
             await runner.check_source(src, source)
         finally:
             await src.close()
+        where = None
+        if ledger:
+            from mirror.ledger.attach import prepare  # SQLAlchemy: only with a ledger
+
+            where = await prepare(LedgerSettings(ledger))
         b = await runner.connect_broker(broker, spec.name, "seed")
         try:
-            return (await runner.seed(b, spec, force=force))[1]
+            what = (await runner.seed(b, spec, force=force, ledger=where is not None))[1]
         finally:
             await b.close()
+        return what + (f"; its ledger is {where}" if where else "")
 
     click.echo(run_async(go()))
     return 0
@@ -109,6 +121,7 @@ def seed(ctx: click.Context, /, source: str, job_name: str, broker: str, force: 
                    "momentarily empty).")
 @connection_options
 @worker_options
+@ledger_option
 @click.pass_context
 def work(ctx: click.Context, /, job_name: str, broker: str, dest: Path | None,
          disks: tuple[str, ...], role: str, until_idle: bool, **o: Any) -> int:

@@ -15,6 +15,7 @@ import click
 
 from mirror.commands.sourceflags import chosen_options
 from mirror.jobs import JobSpec
+from mirror.ledger import LedgerSettings
 from mirror.ratelimit import RateSettings
 from mirror.runner import WorkOptions
 from mirror.settings import SourceSettings, WorkerSettings, default_state_dir
@@ -268,7 +269,8 @@ def make_work_options(o: Mapping[str, Any], settings: WorkerSettings, *, until_i
     return WorkOptions(settings, until_idle=until_idle, live_progress=live,
                        rates=rates, metrics_addr=o.get("metrics_addr"),
                        metrics_linger_s=o.get("metrics_linger", 0.0),
-                       processes=processes, processes_auto=auto and processes > 1)
+                       processes=processes, processes_auto=auto and processes > 1,
+                       ledger=LedgerSettings(o["ledger"]) if o.get("ledger") else None)
 
 
 def make_rate_settings(o: Mapping[str, Any]) -> RateSettings:
@@ -306,6 +308,10 @@ job_option = click.option("--job", "job_name", envvar="MIRROR_JOB", required=Tru
 broker_option = click.option(
     "--broker", envvar="MIRROR_BROKER_URL", metavar="URL",
     help="RabbitMQ URL of the job; without it, the embedded run recorded in --state-dir.")
+ledger_option = click.option(
+    "--ledger", envvar="MIRROR_LEDGER_URL", metavar="URL", default=None,
+    help="Keep one row per file (outcome, size, time, error) in this database: "
+    "sqlite:///PATH, postgresql://USER@HOST/DB or mysql://USER@HOST/DB (MariaDB).")
 state_option = click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
                             envvar="MIRROR_STATE_DIR", default=None,
                             help="Where embedded runs keep their parked jobs.")

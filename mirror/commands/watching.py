@@ -15,6 +15,7 @@ from mirror import status as job_status
 from mirror.aio import run_async
 from mirror.broker import Topology
 from mirror.commands.admin import open_admin
+from mirror.commands.ledger import ledger_source, ledger_status, read_counts
 from mirror.commands.options import job_option, start_logging
 from mirror.events import KINDS, each_file
 
@@ -24,7 +25,9 @@ broker_required = click.option("--broker", envvar="MIRROR_BROKER_URL", required=
 
 @click.command()
 @job_option
-@broker_required
+@click.option("--broker", envvar="MIRROR_BROKER_URL", metavar="URL",
+              help="RabbitMQ URL of the job (or --ledger).")
+@ledger_source(required=False)
 @click.option("--management-url", envvar="MIRROR_MANAGEMENT_URL", metavar="URL", default=None,
               help="RabbitMQ management API, e.g. http://user:pass@host:15672 (default: the "
                    "broker's host, port 15672, same credentials; '' to use AMQP only).")
@@ -35,15 +38,27 @@ broker_required = click.option("--broker", envvar="MIRROR_BROKER_URL", required=
 @click.option("--listen", type=click.FloatRange(0.5), default=2.0, show_default=True,
               metavar="S", help="How long to listen for worker reports.")
 @click.pass_context
-def status(ctx: click.Context, /, job_name: str, broker: str, management_url: str | None,
-           watch_s: float | None, as_json: bool, listen: float) -> int:
+def status(ctx: click.Context, /, job_name: str, broker: str | None, ledger: str | None,
+           management_url: str | None, watch_s: float | None, as_json: bool,
+           listen: float) -> int:
     """Show job NAME now: queues, live workers, files and bytes done, rate and ETA.
 
     Files done are the totals of the workers running now (each since it started; with
     --watch also of those seen stopping meanwhile); parked files are read from the parked
-    queue. Exits 0 once the job is done with --watch.
+    queue. Exits 0 once the job is done with --watch. With --ledger too: the job's files by
+    status as its ledger has them; with --ledger alone only those (with --watch refreshed
+    until interrupted).
     """
     start_logging(ctx, False)
+    if broker is None and ledger is None:
+        raise click.UsageError("give --broker URL or --ledger URL")
+    if broker is None:
+        assert ledger is not None
+        while True:
+            click.echo(ledger_status(ledger, job_name, as_json))
+            if watch_s is None:
+                return 0
+            time.sleep(watch_s)
 
     async def go() -> int:
         b = await open_admin(broker, job_name)
@@ -56,12 +71,17 @@ def status(ctx: click.Context, /, job_name: str, broker: str, management_url: st
                 snap = await job_status.take(b, topology, reports, broker_url=broker,
                                              management=management_url, listen_s=listen)
                 summary = job_status.summarize(snap, before)
+                in_ledger = (await read_counts(ledger, job_name)) if ledger else None
                 if as_json:
+                    if in_ledger is not None:
+                        summary["ledger"] = in_ledger.to_dict()
                     click.echo(json.dumps(summary, ensure_ascii=False))
                 else:
                     if watch_s is not None and sys.stdout.isatty():
                         click.clear()
                     click.echo(job_status.render(summary))
+                    if in_ledger is not None:
+                        click.echo(in_ledger.render(job_name))
                 if watch_s is None or summary["done"]:
                     return 0
                 before = snap
