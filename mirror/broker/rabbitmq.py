@@ -383,7 +383,11 @@ class RabbitBroker:
     # -- tear-down ---------------------------------------------------------------------
 
     async def delete_job(self) -> None:
-        """Remove every queue and exchange of the job (its queued and parked work too)."""
+        """Remove every queue and exchange of the job (its layout read first if need be)."""
+        if self._topology is None:
+            with contextlib.suppress(ConfigError):
+                spec = await read_spec(self._pub_conn, self.job, self.name)
+                self._topology = Topology(spec) if spec is not None else None
         await delete_job(self._pub_conn, self.job, self._topology)
 
     async def close(self) -> None:
